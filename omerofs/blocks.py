@@ -1,0 +1,218 @@
+"""The persistent block cache: the only module that knows the on-disk layout.
+
+Layout under the cache directory::
+
+    blocks/    diskcache.Cache of unpinned blocks, evicted least recently used first
+    pinned/    diskcache.Cache of pinned blocks, never evicted
+    records/   diskcache.Cache of metadata records and per-file states
+    logs/      mount daemon logs
+
+A block key names the server (its database UUID), the OriginalFile ID, the
+block size and the block index, so two servers or two block sizes never
+share an entry. Each stored block starts with a header that repeats that
+identity and carries the length and a CRC-32 of the data; every read checks
+it, and a block that fails the check is dropped and reported missing, so
+the caller fetches it again instead of serving bad bytes.
+
+diskcache writes a value's file before it commits the row that points to
+it, so a crash can leave an orphan file but never a half-written entry that
+a read would find.
+"""
+
+import logging
+import shutil
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import diskcache
+
+from .errors import CacheError
+
+log = logging.getLogger(__name__)
+
+# Magic, file ID, block index, data length, CRC-32 of the data.
+_HEADER = struct.Struct("<8sQQII")
+_MAGIC = b"OFSBLK01"
+
+# Default size limit of the unpinned cache. Ten gigabytes hold a working set
+# of a few large plates or many small images; users change it with
+# --cache-size.
+DEFAULT_SIZE_LIMIT = 10 * 1024 ** 3
+
+# Writes stop evicting-and-adding and fail with CacheError when the disk
+# holding the cache has less free space than this, so a full cache never
+# fills the user's disk.
+DEFAULT_FREE_SPACE_FLOOR = 1024 ** 3
+
+# How often (seconds) the free-space floor is checked; statvfs on every
+# write would cost more than the writes it guards.
+_FREE_SPACE_CHECK_PERIOD = 2.0
+
+# Logs warnings about bad blocks at most this often (seconds).
+_WARNING_PERIOD = 10.0
+
+
+@dataclass(frozen=True)
+class BlockKey:
+    server: str
+    file_id: int
+    block_size: int
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.server}/{self.file_id}/{self.block_size}/{self.index}"
+
+
+def _pack(key: BlockKey, data: bytes) -> bytes:
+    return _HEADER.pack(_MAGIC, key.file_id, key.index, len(data), zlib.crc32(data)) + data
+
+
+def _unpack(key: BlockKey, stored: bytes) -> bytes | None:
+    """Return the block's data, or None when its header does not match."""
+    if len(stored) < _HEADER.size:
+        return None
+    magic, file_id, index, length, crc = _HEADER.unpack_from(stored)
+    data = stored[_HEADER.size:]
+    if magic != _MAGIC or file_id != key.file_id or index != key.index or length != len(data):
+        return None
+    if zlib.crc32(data) != crc:
+        return None
+    return data
+
+
+class BlockCache:
+    """Blocks of original files and metadata records on local disk.
+
+    Safe to share between threads and between processes (a mount and a
+    pin on the same directory): diskcache keeps its index in SQLite.
+    """
+
+    def __init__(self, directory: Path, size_limit: int = DEFAULT_SIZE_LIMIT,
+                 free_space_floor: int = DEFAULT_FREE_SPACE_FLOOR):
+        self.directory = Path(directory)
+        self.free_space_floor = free_space_floor
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._blocks = diskcache.Cache(str(self.directory / "blocks"), size_limit=size_limit,
+                                           eviction_policy="least-recently-used")
+            self._pinned = diskcache.Cache(str(self.directory / "pinned"), size_limit=2 ** 62,
+                                           eviction_policy="none")
+            self._records = diskcache.Cache(str(self.directory / "records"), size_limit=2 ** 62,
+                                            eviction_policy="none")
+        except (OSError, diskcache.Timeout) as error:
+            raise CacheError(f"Cannot open the cache in {self.directory}: {error}") from error
+        self._free_checked_at = 0.0
+        self._free_ok = True
+        self._last_warning = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def log_directory(self) -> Path:
+        path = self.directory / "logs"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def close(self) -> None:
+        for cache in (self._blocks, self._pinned, self._records):
+            cache.close()
+
+    # Blocks
+
+    def get(self, key: BlockKey) -> bytes | None:
+        """Return a cached block's data, or None if it is missing or damaged."""
+        name = str(key)
+        for cache in (self._pinned, self._blocks):
+            stored = cache.get(name)
+            if stored is None:
+                continue
+            data = _unpack(key, stored)
+            if data is not None:
+                return data
+            self._warn(f"dropping damaged cache block {name}")
+            cache.delete(name)
+        return None
+
+    def contains(self, key: BlockKey) -> bool:
+        name = str(key)
+        return name in self._pinned or name in self._blocks
+
+    def put(self, key: BlockKey, data: bytes, pinned: bool = False) -> None:
+        """Store a whole, checked block."""
+        self._check_free_space()
+        cache = self._pinned if pinned else self._blocks
+        try:
+            cache.set(str(key), _pack(key, data))
+        except OSError as error:
+            raise CacheError(f"Cannot write to the cache in {self.directory}: {error}") from error
+
+    def pin(self, key: BlockKey) -> bool:
+        """Move a cached block into the pinned store; return False if it is missing."""
+        name = str(key)
+        if name in self._pinned:
+            return True
+        stored = self._blocks.get(name)
+        if stored is None or _unpack(key, stored) is None:
+            return False
+        self._pinned.set(name, stored)
+        self._blocks.delete(name)
+        return True
+
+    def unpin(self, key: BlockKey) -> None:
+        """Move a pinned block back to the evictable store."""
+        name = str(key)
+        stored = self._pinned.get(name)
+        if stored is None:
+            return
+        self._blocks.set(name, stored)
+        self._pinned.delete(name)
+
+    def discard(self, keys: Iterable[BlockKey]) -> None:
+        for key in keys:
+            self._pinned.delete(str(key))
+            self._blocks.delete(str(key))
+
+    def volume(self) -> dict[str, int]:
+        """Return the bytes held by unpinned and pinned blocks."""
+        return {"cached": self._blocks.volume(), "pinned": self._pinned.volume(),
+                "limit": self._blocks.size_limit}
+
+    def _check_free_space(self) -> None:
+        now = time.monotonic()
+        if now - self._free_checked_at > _FREE_SPACE_CHECK_PERIOD:
+            self._free_checked_at = now
+            self._free_ok = shutil.disk_usage(self.directory).free >= self.free_space_floor
+        if not self._free_ok:
+            raise CacheError(f"The disk holding {self.directory} has less than "
+                             f"{self.free_space_floor // 1024 ** 2} MiB free; free some space or "
+                             "lower --cache-size.")
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last_warning < _WARNING_PERIOD:
+                log.debug("%s", message)
+                return
+            self._last_warning = now
+        log.warning("%s", message)
+
+    # Records
+
+    def get_record(self, key: str):
+        return self._records.get(key)
+
+    def set_record(self, key: str, value) -> None:
+        try:
+            self._records.set(key, value)
+        except OSError as error:
+            raise CacheError(f"Cannot write to the cache in {self.directory}: {error}") from error
+
+    def delete_record(self, key: str) -> None:
+        self._records.delete(key)
+
+    def record_keys(self, prefix: str) -> list[str]:
+        return [key for key in self._records.iterkeys() if isinstance(key, str) and key.startswith(prefix)]

@@ -1,0 +1,571 @@
+"""The only module that imports omero-py or Ice.
+
+``Connection`` wraps one OMERO session. Its methods block, so async code
+calls them through ``trio.to_thread.run_sync``; they are thread-safe, and
+every one returns plain records from ``omerofs.records``.
+
+Error translation happens here, once, in ``_translate``: omero-py and Ice
+exceptions become ``omerofs.errors`` classes chained with ``from``. Retries
+happen here too, in ``Connection._call``: only temporary failures are
+retried, with exponential back-off and jitter, within a total time limit,
+and an expired session is re-joined or re-created first when the
+credentials allow it.
+"""
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import Glacier2
+import Ice
+import omero
+import omero.clients
+import omero.cmd
+import omero.sys
+from omero.rtypes import rlist, rlong, rstring, unwrap
+
+from . import records
+from .errors import (
+    AccessDenied,
+    AuthenticationError,
+    NotFound,
+    RemoteError,
+    ServerFailure,
+    ServerUnavailable,
+    SessionExpired,
+    UsageError,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# OMERO's default Glacier2 port for plain TCP (omero.constants.GLACIER2PORT).
+DEFAULT_PORT = 4064
+
+# Queries that take ID lists send at most this many IDs at once: large
+# enough that a listing of a thousand images costs two queries, small enough
+# that the HQL stays far below Ice's message size limit.
+ID_BATCH = 500
+
+# Ice's default message size limit is 1 MiB and OMERO's client raises it to
+# 64 MiB (Ice.MessageSizeMax=65536 KiB). A single RawFileStore read stays a
+# quarter of that, whatever the caller asks for, so the reply always fits.
+MAX_READ = 16 * 1024 * 1024
+
+# Connection set-up gives up after this long, so an unreachable server is an
+# error within seconds rather than a hang (milliseconds, as Ice takes them).
+CONNECT_TIMEOUT_MS = 5000
+
+# A call that gets no answer for this long fails instead of hanging the
+# process that waits on it. A 16 MiB read at 1 MiB/s still fits.
+INVOCATION_TIMEOUT_MS = 30000
+
+# omero-py's keep-alive thread pings the session at this period (seconds).
+# OMERO's default idle time-out is 10 minutes; a third of it leaves room
+# for a missed ping.
+KEEP_ALIVE_SECONDS = 200
+
+# Extended restriction that omero-py's download command checks
+# (omero.constants.permissions.BINARYACCESS).
+RESTRICT_BINARY_ACCESS = "RESTRICT-BINARY-ACCESS"
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    """Where the server is: what omero.client takes as host and port."""
+
+    host: str
+    port: int = DEFAULT_PORT
+
+    @classmethod
+    def parse(cls, server: str, port: int | None = None) -> "ServerAddress":
+        """Parse ``host``, ``host:port`` or ``tcp://host:port`` / ``ssl://host:port``."""
+        server = server.strip()
+        if not server:
+            raise UsageError("The server address is empty; give a host name or tcp://HOST:PORT.")
+        if "://" in server:
+            scheme, _, rest = server.partition("://")
+            if scheme not in ("tcp", "ssl", "ws", "wss"):
+                raise UsageError(f"Unsupported scheme {scheme!r} in server address {server!r}; use tcp:// or ssl://.")
+            host, _, port_text = rest.rpartition(":")
+            if not host or not port_text.isdigit():
+                raise UsageError(f"Invalid server address {server!r}; expected {scheme}://HOST:PORT.")
+            return cls(server, int(port_text))
+        if port is None:
+            port = DEFAULT_PORT
+        if not 0 < port < 65536:
+            raise UsageError(f"Invalid port {port}; expected a number from 1 to 65535.")
+        return cls(server, port)
+
+    @property
+    def display(self) -> str:
+        if "://" in self.host:
+            return self.host
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How to log in. Exactly one of ``password`` and ``session_key`` is used.
+
+    ``session_key_owned`` tells whether omerofs created the session and so
+    closes it at the end; a key given by the user or stored by ``omero
+    login`` belongs to someone else and is only detached.
+    """
+
+    user: str | None = None
+    password: str | None = None
+    session_key: str | None = None
+    session_key_owned: bool = False
+
+    def __repr__(self) -> str:
+        # Never let a password reach a log line through a repr.
+        return f"Credentials(user={self.user!r}, session_key={'set' if self.session_key else None})"
+
+
+def stored_session_key(address: ServerAddress, user: str | None) -> str | None:
+    """Return the session key that ``omero login`` stored for this server, if any.
+
+    Reads the session directory that omero-py uses (``OMERO_SESSIONDIR``,
+    else ``~/omero/sessions``) without creating it.
+    """
+    directory = os.environ.get("OMERO_SESSIONDIR")
+    if directory is None:
+        user_dir = os.environ.get("OMERO_USERDIR") or str(Path.home() / "omero")
+        directory = str(Path(user_dir) / "sessions")
+    if not Path(directory).is_dir():
+        return None
+
+    from omero.util.sessions import SessionsStore
+
+    store = SessionsStore(directory)
+    last_host, last_user, last_uuid, _ = store.get_current()
+    if last_host == address.host and last_uuid and (user is None or user == last_user):
+        return last_uuid
+    if user is None:
+        return None
+    available = store.available(address.host, user)
+    return available[0] if available else None
+
+
+def _translate(error: Exception, what: str) -> RemoteError:
+    """Map an omero-py or Ice exception to the omerofs error it means."""
+    message = getattr(error, "message", "") or type(error).__name__
+    if isinstance(error, omero.SecurityViolation):
+        return AccessDenied(f"{what}: the server denied access ({message})")
+    if isinstance(error, (omero.RemovedSessionException, omero.SessionTimeoutException)):
+        return SessionExpired(f"{what}: the session has ended ({message})")
+    if isinstance(error, Ice.ObjectNotExistException):
+        return SessionExpired(f"{what}: the session has ended on the server")
+    if isinstance(error, (omero.ValidationException, omero.ApiUsageException)):
+        return NotFound(f"{what}: {message}")
+    if isinstance(error, Glacier2.PermissionDeniedException):
+        reason = getattr(error, "reason", "") or "permission denied"
+        return AuthenticationError(f"Login failed: {reason}")
+    if isinstance(error, (Glacier2.CannotCreateSessionException, omero.ClientError)):
+        return AuthenticationError(f"Login failed: {message}")
+    if isinstance(error, (Ice.ConnectFailedException, Ice.ConnectionLostException, Ice.TimeoutException,
+                          Ice.DNSException, Ice.SocketException, Ice.CommunicatorDestroyedException,
+                          Ice.ConnectionRefusedException, Ice.CloseConnectionException)):
+        return ServerUnavailable(f"{what}: cannot reach the server ({type(error).__name__})")
+    if isinstance(error, omero.ServerError):
+        return ServerFailure(f"{what}: the server raised {type(error).__name__}: {message}")
+    if isinstance(error, Ice.Exception):
+        return ServerFailure(f"{what}: {type(error).__name__}")
+    return ServerFailure(f"{what}: {error!r}")
+
+
+def _ids_param(name: str, ids: Iterable[int]) -> omero.sys.ParametersI:
+    params = omero.sys.ParametersI()
+    params.map[name] = rlist([rlong(int(i)) for i in ids])
+    return params
+
+
+def _batches(ids: Sequence[int], size: int = ID_BATCH) -> Iterable[Sequence[int]]:
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size]
+
+
+def _value(obj, field: str):
+    """Return an unwrapped field of a model object, None if unset or unloaded."""
+    try:
+        return unwrap(getattr(obj, field))
+    except omero.UnloadedEntityException:
+        return None
+
+
+def _original_file_record(obj) -> records.OriginalFile:
+    hasher = None
+    if obj._hasher is not None and obj._hasher.isLoaded():
+        hasher = _value(obj._hasher, "_value")
+    restricted = False
+    permissions = obj._details._permissions if obj._details is not None else None
+    if permissions is not None:
+        extended = permissions.getExtendedRestrictions() or []
+        restricted = RESTRICT_BINARY_ACCESS in extended
+    mtime = _value(obj, "_mtime")
+    return records.OriginalFile(
+        id=_value(obj, "_id"),
+        name=_value(obj, "_name") or "",
+        path=_value(obj, "_path") or "",
+        size=_value(obj, "_size") or 0,
+        mtime=(mtime or 0) / 1000.0,
+        hash=_value(obj, "_hash"),
+        hasher=hasher,
+        repo_uuid=_value(obj, "_repo"),
+        mimetype=_value(obj, "_mimetype"),
+        restricted=restricted,
+    )
+
+
+class Connection:
+    """One OMERO session with retries, reconnection and a pool of file stores.
+
+    Every public method may be called from any thread.
+    """
+
+    def __init__(self, address: ServerAddress, credentials: Credentials, group: str | None = None,
+                 retry_seconds: float = 10.0):
+        self.address = address
+        self.retry_seconds = retry_seconds
+        self._credentials = credentials
+        self._group_name = group
+        self._lock = threading.Lock()
+        self._client = None
+        self._session = None
+        self._context: dict[str, str] = {"omero.group": "-1"}
+        self._generation = 0
+        self._local = threading.local()
+        self._stores: list = []
+        self._closed = False
+
+    # Session life cycle
+
+    def connect(self) -> None:
+        """Log in, or join the session, and start the keep-alive."""
+        with self._lock:
+            self._connect_locked()
+
+    def _connect_locked(self) -> None:
+        self._drop_locked()
+        client = omero.client(host=self.address.host, port=self.address.port, pmap=[
+            f"--Ice.Override.ConnectTimeout={CONNECT_TIMEOUT_MS}",
+            f"--Ice.Default.InvocationTimeout={INVOCATION_TIMEOUT_MS}",
+            "--Ice.RetryIntervals=-1",
+        ])
+        try:
+            if self._credentials.session_key:
+                session = client.joinSession(self._credentials.session_key)
+            elif self._credentials.user and self._credentials.password is not None:
+                session = client.createSession(self._credentials.user, self._credentials.password)
+            else:
+                raise AuthenticationError("No session key or password to log in with.")
+            client.enableKeepAlive(KEEP_ALIVE_SECONDS)
+            if self._credentials.session_key is None:
+                # Reconnecting after expiry re-joins this session first.
+                self._credentials = Credentials(self._credentials.user, self._credentials.password,
+                                                client.getSessionId(), session_key_owned=True)
+        except AuthenticationError:
+            client.__del__()
+            raise
+        except Exception as error:
+            client.__del__()
+            raise _translate(error, "Login") from error
+
+        self._client = client
+        self._session = session
+        self._generation += 1
+        self._context = {"omero.group": self._group_id_locked()}
+        log.info("connected to %s as session %s...", self.address.display, client.getSessionId()[:8])
+
+    def _group_id_locked(self) -> str:
+        if self._group_name is None:
+            return "-1"
+        admin = self._session.getAdminService()
+        try:
+            if self._group_name.isdigit():
+                return str(int(self._group_name))
+            return str(unwrap(admin.lookupGroup(self._group_name).id))
+        except omero.ApiUsageException as error:
+            raise UsageError(f"Group {self._group_name!r} not found on the server.") from error
+
+    def _drop_locked(self) -> None:
+        for store in self._stores:
+            try:
+                store.close()
+            except Exception:
+                pass
+        self._stores = []
+        if self._client is not None:
+            try:
+                self._client.__del__()
+            except Exception:
+                pass
+        self._client = None
+        self._session = None
+
+    def close(self) -> None:
+        """End the session if omerofs created it, else detach from it."""
+        with self._lock:
+            self._closed = True
+            client = self._client
+            if client is None:
+                return
+            try:
+                if not self._credentials.session_key_owned:
+                    client.getSession().detachOnDestroy()
+                client.closeSession()
+            except Exception as error:
+                log.debug("closing the session failed: %r", error)
+            self._drop_locked()
+
+    @property
+    def session_key(self) -> str | None:
+        return self._credentials.session_key
+
+    @property
+    def credentials(self) -> Credentials:
+        return self._credentials
+
+    def _current(self):
+        with self._lock:
+            if self._closed:
+                raise ServerUnavailable("The connection is closed.")
+            if self._session is None:
+                self._connect_locked()
+            return self._session, self._generation
+
+    def _reconnect(self, generation: int) -> None:
+        with self._lock:
+            if self._generation != generation or self._closed:
+                return
+            log.warning("session to %s ended; reconnecting", self.address.display)
+            try:
+                self._connect_locked()
+            except AuthenticationError:
+                if self._credentials.password is None:
+                    raise SessionExpired("The session has expired and no password is available to log in "
+                                         "again; run `omero login` or give a new session key.") from None
+                self._credentials = Credentials(self._credentials.user, self._credentials.password)
+                self._connect_locked()
+
+    def _call(self, what: str, function: Callable[..., T]) -> T:
+        """Run ``function(session)`` with retries of temporary failures."""
+        deadline = time.monotonic() + self.retry_seconds
+        attempt = 0
+        while True:
+            attempt += 1
+            generation = 0
+            try:
+                session, generation = self._current()
+                return function(session)
+            except RemoteError as error:
+                failure = error
+            except Exception as error:
+                failure = _translate(error, what)
+                failure.__cause__ = error
+
+            delay = min(2.0 ** attempt * 0.05, 2.0) * random.uniform(0.5, 1.5)
+            if not failure.temporary or time.monotonic() + delay > deadline:
+                raise failure
+            log.info("%s failed (attempt %d): %s; retrying in %.2f s", what, attempt, failure, delay)
+            time.sleep(delay)
+            if isinstance(failure, (SessionExpired, ServerUnavailable)):
+                try:
+                    self._reconnect(generation)
+                except RemoteError as error:
+                    if not error.temporary:
+                        raise
+
+    # Server identity
+
+    def server_identity(self) -> records.ServerIdentity:
+        def run(session):
+            config = session.getConfigService()
+            return records.ServerIdentity(config.getDatabaseUuid(), config.getVersion())
+        return self._call("Reading the server's identity", run)
+
+    # Queries
+
+    def _query(self, what: str, hql: str, params, method: str = "findAllByQuery"):
+        def run(session):
+            query = session.getQueryService()
+            return getattr(query, method)(hql, params, self._context)
+        return self._call(what, run)
+
+    def _projection(self, what: str, hql: str, params) -> list[list]:
+        rows = self._query(what, hql, params, method="projection")
+        return [[unwrap(value) for value in row] for row in rows]
+
+    def image_ids(self, offset: int, limit: int) -> list[int]:
+        """Return IDs of the images the user can read, in ID order, one page."""
+        params = omero.sys.ParametersI()
+        params.page(offset, limit)
+        rows = self._projection("Listing images", "select i.id from Image i order by i.id", params)
+        return [row[0] for row in rows]
+
+    def images(self, image_ids: Sequence[int]) -> dict[int, records.Image]:
+        """Return the images among ``image_ids`` that exist and are readable."""
+        found: dict[int, records.Image] = {}
+        for batch in _batches(sorted(set(image_ids))):
+            rows = self._projection(
+                f"Reading {len(batch)} images",
+                "select i.id, i.name, f.id, i.details.updateEvent.time from Image i "
+                "left outer join i.fileset f where i.id in (:ids)",
+                _ids_param("ids", batch))
+            for image_id, name, fileset_id, updated in rows:
+                found[image_id] = records.Image(image_id, name or "", fileset_id, (updated or 0) / 1000.0)
+        return found
+
+    def target_image_ids(self, target: records.ImageTarget) -> list[int]:
+        """Return the IDs of the images under a target such as ``Dataset:3``."""
+        hql_by_kind = {
+            "Image": "select i.id from Image i where i.id in (:ids)",
+            "Dataset": "select l.child.id from DatasetImageLink l where l.parent.id in (:ids)",
+            "Project": "select dl.child.id from DatasetImageLink dl, ProjectDatasetLink pl "
+                       "where dl.parent.id = pl.child.id and pl.parent.id in (:ids)",
+            "Screen": "select ws.image.id from WellSample ws, ScreenPlateLink sl "
+                      "where ws.well.plate.id = sl.child.id and sl.parent.id in (:ids)",
+            "Plate": "select ws.image.id from WellSample ws where ws.well.plate.id in (:ids)",
+            "Well": "select ws.image.id from WellSample ws where ws.well.id in (:ids)",
+            "Fileset": "select i.id from Image i where i.fileset.id in (:ids)",
+        }
+        hql = hql_by_kind.get(target.kind)
+        if hql is None:
+            raise UsageError(f"Unsupported target kind {target.kind!r}; use one of {', '.join(records.TARGET_KINDS)}.")
+        image_ids: set[int] = set()
+        for batch in _batches(list(target.ids)):
+            rows = self._projection(f"Resolving {target}", hql, _ids_param("ids", batch))
+            image_ids.update(row[0] for row in rows)
+        return sorted(image_ids)
+
+    def filesets(self, fileset_ids: Sequence[int]) -> dict[int, records.Fileset]:
+        """Return filesets with their files, images and the server's file roles."""
+        entries: dict[int, list[records.OriginalFile]] = {}
+        images: dict[int, list[int]] = {}
+        for batch in _batches(sorted(set(fileset_ids))):
+            rows = self._query(
+                f"Reading the files of {len(batch)} filesets",
+                "select fse from FilesetEntry fse join fetch fse.originalFile "
+                "where fse.fileset.id in (:ids) order by fse.id",
+                _ids_param("ids", batch))
+            for entry in rows:
+                fileset_id = unwrap(entry._fileset._id)
+                entries.setdefault(fileset_id, []).append(_original_file_record(entry._originalFile))
+            rows = self._projection(
+                f"Reading the images of {len(batch)} filesets",
+                "select i.fileset.id, i.id from Image i where i.fileset.id in (:ids) order by i.id",
+                _ids_param("ids", batch))
+            for fileset_id, image_id in rows:
+                images.setdefault(fileset_id, []).append(image_id)
+
+        found = {}
+        for fileset_id, files in entries.items():
+            image_ids = images.get(fileset_id, [])
+            used = self.used_files(image_ids[0]) if image_ids else records.UsedFiles(frozenset(), frozenset())
+            mtime = max((f.mtime for f in files), default=0.0)
+            found[fileset_id] = records.Fileset(fileset_id, tuple(files), tuple(image_ids), used, mtime)
+        return found
+
+    def used_files(self, image_id: int) -> records.UsedFiles:
+        """Ask the server which of an image's files are binary and which companion."""
+        def run(session):
+            client = self._client
+            request = omero.cmd.UsedFilesRequest(imageId=image_id)
+            handle = session.submit(request, self._context)
+            return client.waitOnCmd(handle, loops=60, ms=500, failonerror=False,
+                                    failontimeout=True, closehandle=True)
+
+        response = self._call(f"Asking which files image {image_id} uses", run)
+        if isinstance(response, omero.cmd.ERR):
+            raise ServerFailure(f"The server could not list the files of image {image_id}: "
+                                f"{response.category} {response.name}")
+        if isinstance(response, omero.cmd.UsedFilesResponsePreFs):
+            binary = set(response.archivedFiles or [])
+            companion = set(response.companionFiles or []) | set(response.originalMetadataFiles or [])
+        else:
+            binary = set(response.binaryFilesThisSeries or []) | set(response.binaryFilesOtherSeries or [])
+            companion = (set(response.companionFilesThisSeries or [])
+                         | set(response.companionFilesOtherSeries or []))
+        return records.UsedFiles(frozenset(binary), frozenset(companion - binary))
+
+    def original_files(self, file_ids: Sequence[int]) -> dict[int, records.OriginalFile]:
+        """Return the OriginalFile rows among ``file_ids`` that exist and are readable."""
+        found = {}
+        for batch in _batches(sorted(set(file_ids))):
+            rows = self._query(f"Reading {len(batch)} original files",
+                               "select o from OriginalFile o where o.id in (:ids)", _ids_param("ids", batch))
+            for obj in rows:
+                record = _original_file_record(obj)
+                found[record.id] = record
+        return found
+
+    def repositories(self) -> list[records.Repository]:
+        """Return the repositories whose files the user may see."""
+        rows = self._query("Listing repositories",
+                           "select o from OriginalFile o where o.mimetype = :mimetype order by o.id",
+                           omero.sys.ParametersI().add("mimetype", rstring("Repository")))
+        return [records.Repository(unwrap(o._id), unwrap(o._name) or "", unwrap(o._hash) or "") for o in rows]
+
+    # File contents
+
+    def read(self, file_id: int, offset: int, length: int) -> bytes:
+        """Read up to ``length`` bytes of an original file from ``offset``.
+
+        Reads larger than ``MAX_READ`` are split, so no reply exceeds Ice's
+        message size limit. The result is shorter only at the end of the file.
+        """
+        parts = []
+        while length > 0:
+            size = min(length, MAX_READ)
+            data = self._read_once(file_id, offset, size)
+            parts.append(data)
+            if len(data) < size:
+                break
+            offset += size
+            length -= size
+        return b"".join(parts)
+
+    def _read_once(self, file_id: int, offset: int, length: int) -> bytes:
+        what = f"Reading OriginalFile {file_id} at {offset}"
+
+        def run(session):
+            store = self._thread_store(session, file_id)
+            try:
+                return store.read(offset, length)
+            except Exception:
+                # A failed store may be in any state; the next read makes a new one.
+                self._local.store = None
+                raise
+
+        started = time.monotonic()
+        data = self._call(what, run)
+        log.debug("read OriginalFile:%d offset=%d bytes=%d in %.1f ms", file_id, offset, len(data),
+                  (time.monotonic() - started) * 1000)
+        return data
+
+    def _thread_store(self, session, file_id: int):
+        """Return this thread's RawFileStore, pointed at ``file_id``.
+
+        RawFileStore is stateful (one file at a time), so each worker thread
+        keeps its own; a new session generation invalidates them all.
+        """
+        state = getattr(self._local, "store", None)
+        if state is None or state[0] != self._generation:
+            store = session.createRawFileStore(self._context)
+            with self._lock:
+                self._stores.append(store)
+            state = [self._generation, store, None]
+            self._local.store = state
+        if state[2] != file_id:
+            state[1].setFileId(file_id, self._context)
+            state[2] = file_id
+        return state[1]
+
