@@ -326,6 +326,18 @@ class Connection:
                 log.debug("closing the session failed: %r", error)
             self._drop_locked()
 
+    def detach(self) -> None:
+        """Disconnect but leave the session open on the server for another process."""
+        with self._lock:
+            client = self._client
+            if client is not None:
+                try:
+                    client.getSession().detachOnDestroy()
+                    client.closeSession()
+                except Exception as error:
+                    log.debug("detaching from the session failed: %r", error)
+            self._drop_locked()
+
     @property
     def session_key(self) -> str | None:
         return self._credentials.session_key

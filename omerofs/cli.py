@@ -1,0 +1,244 @@
+"""The ``omerofs`` command line.
+
+Exit codes: 0 success; 1 unexpected failure; 2 invalid usage; 3 login
+failed; 4 server error or unreachable; 5 object not found; 6 access
+denied; 7 data not available offline; 8 checksum mismatch; 9 cache
+unusable; 130 interrupted.
+"""
+
+import argparse
+import getpass
+import logging
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import __version__, records
+from .blocks import DEFAULT_SIZE_LIMIT
+from .catalog import DEFAULT_TTL
+from .errors import AuthenticationError, OmerofsError, UsageError
+from .fetch import DEFAULT_BLOCK_SIZE
+from .mount import MountOptions, check_mountpoint, default_cache_dir, read_registration
+
+log = logging.getLogger(__name__)
+
+# `omerofs mount` waits this long (seconds) for the daemon to report that
+# the mount is ready: login, the first server calls and the FUSE set-up.
+MOUNT_READY_TIMEOUT = 60.0
+
+# `omerofs umount` waits this long (seconds) for the daemon to exit after
+# the unmount, so that its session is closed when the command returns.
+UMOUNT_EXIT_TIMEOUT = 15.0
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte count with an optional K, M, G or T suffix (powers of 1024)."""
+    units = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+    cleaned = text.strip().upper().removesuffix("IB").removesuffix("B")
+    suffix = cleaned[-1:] if cleaned[-1:] in units else ""
+    number = cleaned[:-1] if suffix else cleaned
+    try:
+        value = float(number) * units[suffix]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}; use a number with an optional K, M, G or T suffix")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}; it must be positive")
+    return int(value)
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("server")
+    group.add_argument("-s", "--server", help="OMERO server: a host name, or tcp://HOST:PORT or ssl://HOST:PORT")
+    group.add_argument("-p", "--port", type=int, help="server port when --server is a host name (default 4064)")
+    group.add_argument("-u", "--user", help="OMERO user name")
+    group.add_argument("-k", "--key", dest="session_key",
+                       help="join an existing session by its key instead of logging in")
+    group.add_argument("-g", "--group", help="OMERO group name or ID to work in (default: all of the user's groups)")
+    parser.add_argument("--cache-dir", default=str(default_cache_dir()),
+                        help="directory of the block cache and logs (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omerofs", description="Read-only FUSE filesystem for OMERO servers.")
+    parser.add_argument("--version", action="version", version=f"omerofs {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    mount = commands.add_parser("mount", help="mount an OMERO server as a read-only filesystem")
+    mount.add_argument("mountpoint", help="an existing, empty directory")
+    mount.add_argument("targets", nargs="*", metavar="TARGET",
+                       help="what Image/ lists, e.g. Dataset:3 or Image:1,2 (default: every readable image)")
+    _add_server_options(mount)
+    mount.add_argument("--foreground", action="store_true", help="stay in the foreground and log to standard error")
+    mount.add_argument("--offline", action="store_true",
+                       help="serve only what the cache holds, without contacting the server")
+    mount.add_argument("--block-size", type=parse_size, default=DEFAULT_BLOCK_SIZE,
+                       help="bytes per cached block, a power of two (default: 1M)")
+    mount.add_argument("--cache-size", type=parse_size, default=DEFAULT_SIZE_LIMIT,
+                       help="size limit of unpinned cached data (default: 10G)")
+    mount.add_argument("--ttl", type=float, default=DEFAULT_TTL,
+                       help="seconds that metadata which may change is reused (default: %(default)s)")
+    mount.add_argument("--allow-other", action="store_true", help="let other users read the mount")
+    mount.add_argument("--debug", action="store_true", help="log every request and server call")
+
+    umount = commands.add_parser("umount", help="unmount and end the mount's session")
+    umount.add_argument("mountpoint")
+    umount.add_argument("-z", "--lazy", action="store_true", help="detach now even if files are open")
+    return parser
+
+
+def resolve_credentials(args) -> tuple[str | None, str | None, str | None, bool]:
+    """Return (user, password, session_key, key_owned) in the documented order.
+
+    A session key given with -k comes first, then the session that
+    ``omero login`` stored for this server, then OMERO_PASSWORD, then a
+    prompt when standard input is a terminal.
+    """
+    from .remote import ServerAddress, stored_session_key
+
+    if args.session_key:
+        return args.user, None, args.session_key, False
+    address = ServerAddress.parse(args.server, args.port)
+    stored = stored_session_key(address, args.user)
+    if stored:
+        return args.user, None, stored, False
+    return args.user, _password(args.user, address.display), None, True
+
+
+def _password(user: str | None, server: str) -> str:
+    if not user:
+        raise UsageError("No session to reuse; give -u USER (with OMERO_PASSWORD or at the prompt) or -k SESSION_KEY.")
+    password = os.environ.get("OMERO_PASSWORD")
+    if password is not None:
+        return password
+    if not sys.stdin.isatty():
+        raise UsageError("No password: set OMERO_PASSWORD, run `omero login` first, or give -k SESSION_KEY.")
+    return getpass.getpass(f"Password for {user}@{server}: ")
+
+
+def _login(args, options: MountOptions) -> None:
+    """Log in once here, so that errors and the prompt reach the user, then hand the session over."""
+    from .remote import Connection, Credentials, ServerAddress
+
+    address = ServerAddress.parse(args.server, args.port)
+    user, password, session_key, _ = resolve_credentials(args)
+    connection = Connection(address, Credentials(user, password, session_key), args.group)
+    try:
+        connection.connect()
+    except AuthenticationError:
+        if session_key is None or args.session_key:
+            raise
+        # The stored session has expired: fall back to a password.
+        password = _password(user, address.display)
+        connection = Connection(address, Credentials(user, password), args.group)
+        connection.connect()
+    options.user = user
+    options.password = password
+    options.session_key = connection.session_key
+    options.session_key_owned = connection.credentials.session_key_owned
+    connection.detach()
+
+
+def command_mount(args) -> int:
+    from . import mount
+
+    if not args.offline and not args.server:
+        raise UsageError("No server given; use -s HOST or -s tcp://HOST:PORT (or --offline with -s to name the cache).")
+    if args.offline and not args.server:
+        raise UsageError("--offline needs -s SERVER to find that server's data in the cache.")
+    for target in args.targets:
+        records.parse_target(target)
+    if args.block_size & (args.block_size - 1) or args.block_size < 4096:
+        raise UsageError(f"Invalid block size {args.block_size}; use a power of two of at least 4K.")
+    check_mountpoint(args.mountpoint)
+
+    cache_dir = Path(args.cache_dir).expanduser().resolve()
+    options = MountOptions(
+        mountpoint=os.path.abspath(args.mountpoint), server=args.server, port=args.port, group=args.group,
+        targets=list(args.targets), cache_dir=str(cache_dir), offline=args.offline, block_size=args.block_size,
+        cache_size=args.cache_size, ttl=args.ttl, allow_other=args.allow_other, debug=args.debug)
+    if not args.offline:
+        _login(args, options)
+
+    if args.foreground:
+        mount.configure_logging(None, args.debug)
+        return mount.run(options, lambda message: None)
+
+    logs = cache_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    options.log_file = str(logs / f"mount-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+    return _start_daemon(options)
+
+
+def _start_daemon(options: MountOptions) -> int:
+    with open(options.log_file, "a") as log_file:
+        daemon = subprocess.Popen([sys.executable, "-m", "omerofs.mount"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=log_file, start_new_session=True, text=True)
+    daemon.stdin.write(options.to_json())
+    daemon.stdin.close()
+
+    ready, _, _ = select.select([daemon.stdout], [], [], MOUNT_READY_TIMEOUT)
+    line = daemon.stdout.readline().strip() if ready else ""
+    if line == "ready":
+        print(f"Mounted {options.server} at {options.mountpoint} (log: {options.log_file})")
+        return 0
+    if not ready:
+        daemon.terminate()
+        raise OmerofsError(f"The mount was not ready after {MOUNT_READY_TIMEOUT:.0f} s; see {options.log_file}.")
+    daemon.wait(timeout=10)
+    message = line.removeprefix("error: ") if line else f"the mount daemon exited; see {options.log_file}"
+    print(f"omerofs: error: {message}", file=sys.stderr)
+    return daemon.returncode or 1
+
+
+def command_umount(args) -> int:
+    mountpoint = os.path.abspath(args.mountpoint)
+    registration = read_registration(mountpoint)
+    if not os.path.ismount(mountpoint):
+        raise UsageError(f"{mountpoint} is not mounted.")
+    fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
+    if fusermount is None:
+        raise OmerofsError("fusermount3 not found; install the fuse3 package.")
+    command = [fusermount, "-u"] + (["-z"] if args.lazy else []) + [mountpoint]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise OmerofsError(f"Unmounting {mountpoint} failed: {result.stderr.strip()} "
+                           "(close the files open there, or use --lazy).")
+    if registration is not None:
+        _wait_for_exit(registration["pid"])
+    print(f"Unmounted {mountpoint}")
+    return 0
+
+
+def _wait_for_exit(pid: int) -> None:
+    deadline = time.monotonic() + UMOUNT_EXIT_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    log.warning("the mount daemon (pid %d) is still running", pid)
+
+
+COMMANDS = {"mount": command_mount, "umount": command_umount}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except OmerofsError as error:
+        print(f"omerofs: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("omerofs: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The mount daemon: session, cache, the trio + pyfuse3 main loop, signals.
+
+``omerofs mount`` logs in, then starts this module as a detached process
+(``python -m omerofs.mount``) and sends it the options as JSON on standard
+input, so a password or session key never appears in ``ps``. The daemon
+answers one line on standard output, ``ready`` or ``error: MESSAGE``,
+then logs only to its log file. With ``--foreground`` the same code runs
+in the command's own process.
+
+The daemon ends, closing the session it owns, when the filesystem is
+unmounted (``omerofs umount``, ``fusermount3 -u``) or on SIGTERM or SIGINT.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from . import records
+from .blocks import DEFAULT_SIZE_LIMIT, BlockCache
+from .catalog import DEFAULT_TTL, Catalog
+from .errors import CacheError, OmerofsError, ServerUnavailable, UsageError
+from .fetch import DEFAULT_BLOCK_SIZE, Fetcher
+from .fs import Operations
+from .tree import Root
+
+log = logging.getLogger(__name__)
+
+# How often (seconds) a running mount writes its statistics for `omerofs status`.
+STATS_PERIOD = 2.0
+
+
+@dataclass
+class MountOptions:
+    mountpoint: str
+    server: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: str | None = None
+    session_key: str | None = None
+    session_key_owned: bool = False
+    group: str | None = None
+    targets: list[str] = field(default_factory=list)
+    cache_dir: str = ""
+    offline: bool = False
+    block_size: int = DEFAULT_BLOCK_SIZE
+    cache_size: int = DEFAULT_SIZE_LIMIT
+    ttl: float = DEFAULT_TTL
+    allow_other: bool = False
+    debug: bool = False
+    log_file: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "MountOptions":
+        return cls(**json.loads(text))
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "omerofs"
+
+
+def runtime_dir() -> Path:
+    """Return the directory where running mounts register themselves."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    path = Path(base) / "omerofs" if base else default_cache_dir() / "run"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def registration_path(mountpoint: str) -> Path:
+    digest = hashlib.sha1(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
+    return runtime_dir() / f"mount-{digest}.json"
+
+
+def read_registration(mountpoint: str) -> dict | None:
+    try:
+        return json.loads(registration_path(mountpoint).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_registration(path: Path, content: dict) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(content))
+    temporary.replace(path)
+
+
+def check_mountpoint(mountpoint: str) -> None:
+    """Raise UsageError unless ``mountpoint`` is an existing, unmounted directory."""
+    path = Path(mountpoint)
+    if not path.exists():
+        raise UsageError(f"Mount point {mountpoint} does not exist; create it with mkdir first.")
+    if not path.is_dir():
+        raise UsageError(f"Mount point {mountpoint} is not a directory.")
+    if os.path.ismount(path):
+        raise UsageError(f"{mountpoint} is already a mount point; unmount it first (omerofs umount {mountpoint}).")
+
+
+def _server_identity(options: MountOptions, cache: BlockCache, connection) -> str:
+    """Return the database UUID that keys this server's cache entries."""
+    address_key = f"address/{options.server}:{options.port}"
+    if connection is not None:
+        identity = connection.server_identity()
+        cache.set_record(address_key, identity.database_uuid)
+        return identity.database_uuid
+    uuid = cache.get_record(address_key)
+    if uuid is None:
+        raise CacheError(f"The cache in {cache.directory} holds nothing from {options.server}; "
+                         "mount once while the server is reachable (or pin data) before mounting offline.")
+    return uuid
+
+
+def _connect(options: MountOptions):
+    """Return a connected ``remote.Connection``, or None when offline."""
+    if options.offline:
+        return None
+    from .remote import Connection, Credentials, ServerAddress
+
+    address = ServerAddress.parse(options.server, options.port)
+    credentials = Credentials(options.user, options.password, options.session_key, options.session_key_owned)
+    connection = Connection(address, credentials, options.group)
+    try:
+        connection.connect()
+    except ServerUnavailable as error:
+        log.warning("%s; serving what the cache holds, offline", error)
+        return None
+    return connection
+
+
+def run(options: MountOptions, ready: Callable[[str | None], None]) -> int:
+    """Mount, serve until unmounted or signalled, and clean up. Returns an exit code.
+
+    ``ready(None)`` is called once the mount is in place, ``ready(message)``
+    if it could not be set up.
+    """
+    connection = None
+    cache = None
+    mounted = False
+    registration = registration_path(options.mountpoint)
+    try:
+        check_mountpoint(options.mountpoint)
+        cache = BlockCache(Path(options.cache_dir), size_limit=options.cache_size)
+        connection = _connect(options)
+        server = _server_identity(options, cache, connection)
+        targets = [records.parse_target(t) for t in options.targets]
+
+        catalog = Catalog(connection, cache, server, targets, options.ttl)
+        download = connection.read if connection is not None else None
+        fetcher = Fetcher(cache, server, download, options.block_size)
+        operations = Operations(Root(catalog), fetcher, options.ttl)
+
+        fuse_options = set(pyfuse3.default_options)
+        fuse_options.update({"fsname=omerofs", "subtype=omerofs", "ro"})
+        if options.allow_other:
+            fuse_options.add("allow_other")
+        pyfuse3.init(operations, options.mountpoint, fuse_options)
+        mounted = True
+        _write_registration(registration, {
+            "pid": os.getpid(), "mountpoint": os.path.realpath(options.mountpoint), "server": options.server,
+            "port": options.port, "cache_dir": options.cache_dir, "offline": connection is None,
+            "log_file": options.log_file, "started": time.time(),
+        })
+        log.info("mounted %s at %s (%s)", options.server, options.mountpoint,
+                 "offline" if connection is None else "online")
+        ready(None)
+        trio.run(_serve, operations, fetcher, catalog, registration)
+        return 0
+    except OmerofsError as error:
+        log.error("%s", error)
+        ready(str(error))
+        return error.exit_code
+    except Exception as error:
+        log.exception("the mount failed")
+        ready(f"the mount failed unexpectedly: {error!r}")
+        return 1
+    finally:
+        if mounted:
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s", options.mountpoint)
+        registration.unlink(missing_ok=True)
+        if connection is not None:
+            connection.close()
+        if cache is not None:
+            cache.close()
+
+
+async def _serve(operations: Operations, fetcher: Fetcher, catalog: Catalog, registration: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fetcher.run)
+        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        nursery.start_soon(_write_statistics, operations, fetcher, catalog, registration)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for number in signals:
+            log.info("received %s; unmounting", signal.Signals(number).name)
+            pyfuse3.terminate()
+            return
+
+
+async def _write_statistics(operations: Operations, fetcher: Fetcher, catalog: Catalog, registration: Path) -> None:
+    while True:
+        await trio.sleep(STATS_PERIOD)
+        try:
+            content = json.loads(registration.read_text())
+            content["statistics"] = {
+                "hits": fetcher.hits, "misses": fetcher.misses, "bytes_fetched": fetcher.bytes_fetched,
+                "blocks_fetched": fetcher.blocks_fetched, "metadata_calls": catalog.calls,
+                "errors": dict(operations.error_counts),
+            }
+            _write_registration(registration, content)
+        except (OSError, ValueError) as error:
+            log.debug("could not write statistics: %s", error)
+
+
+def configure_logging(log_file: str | None, debug: bool) -> None:
+    handler: logging.Handler
+    if log_file:
+        handler = logging.FileHandler(log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package = logging.getLogger("omerofs")
+    package.addHandler(handler)
+    package.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def _daemon_main() -> int:
+    """Entry point of the detached daemon that ``omerofs mount`` starts."""
+    options = MountOptions.from_json(sys.stdin.read())
+    sys.stdin.close()
+    configure_logging(options.log_file, options.debug)
+    status = os.fdopen(os.dup(1), "w")
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+
+    def ready(message: str | None) -> None:
+        if status.closed:
+            return
+        status.write("ready\n" if message is None else f"error: {message}\n")
+        status.close()
+
+    return run(options, ready)
+
+
+if __name__ == "__main__":
+    sys.exit(_daemon_main())
