@@ -1,0 +1,197 @@
+"""Block reads: cache hits, one download per block, read-ahead and checks."""
+
+import hashlib
+import os
+import threading
+import time
+
+import pytest
+import trio
+
+from omerofs import records
+from omerofs.blocks import BlockCache, BlockKey
+from omerofs.errors import OfflineError, ServerFailure
+from omerofs.fetch import Fetcher, Stream
+
+BLOCK = 4096
+
+
+class FakeServer:
+    """A download function over in-memory files that counts block reads."""
+
+    def __init__(self, contents, delay=0.0):
+        self.contents = contents
+        self.delay = delay
+        self.reads = []
+        self._lock = threading.Lock()
+
+    def __call__(self, file_id, offset, length):
+        with self._lock:
+            self.reads.append((file_id, offset))
+        if self.delay:
+            time.sleep(self.delay)
+        return self.contents[file_id][offset:offset + length]
+
+
+def make_file(file_id, data, good_hash=True):
+    digest = hashlib.sha1(data if good_hash else b"other").hexdigest()
+    return records.OriginalFile(id=file_id, name=f"f{file_id}", path="p/", size=len(data), mtime=0.0,
+                                hash=digest, hasher=records.SHA1)
+
+
+def run_with_fetcher(tmp_path, server, body):
+    async def main():
+        fetcher = Fetcher(BlockCache(tmp_path), "srv", server, block_size=BLOCK)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fetcher.run)
+            result = await body(fetcher)
+            nursery.cancel_scope.cancel()
+        return result
+    return trio.run(main)
+
+
+def test_reads_return_right_bytes_at_any_offset(tmp_path):
+    data = os.urandom(10 * BLOCK + 123)
+    server = FakeServer({1: data})
+    file = make_file(1, data)
+
+    async def body(fetcher):
+        for offset, length in [(0, 10), (BLOCK - 5, 10), (3 * BLOCK, 2 * BLOCK + 7), (len(data) - 3, 100),
+                               (len(data), 10), (len(data) + 100, 10), (0, len(data) + 50)]:
+            assert await fetcher.read(file, offset, length) == data[offset:offset + length]
+
+    run_with_fetcher(tmp_path, server, body)
+
+
+def test_second_read_and_new_fetcher_make_no_server_reads(tmp_path):
+    data = os.urandom(5 * BLOCK)
+    server = FakeServer({1: data})
+    file = make_file(1, data)
+
+    async def body(fetcher):
+        await fetcher.read(file, 0, len(data))
+        first = len(server.reads)
+        assert await fetcher.read(file, 0, len(data)) == data
+        assert len(server.reads) == first
+
+    run_with_fetcher(tmp_path, server, body)
+    reads_before = len(server.reads)
+
+    async def again(fetcher):
+        assert await fetcher.read(file, 0, len(data)) == data
+
+    run_with_fetcher(tmp_path, server, again)
+    assert len(server.reads) == reads_before
+
+
+def test_concurrent_readers_share_one_download_per_block(tmp_path):
+    data = os.urandom(4 * BLOCK)
+    server = FakeServer({1: data}, delay=0.05)
+    file = make_file(1, data)
+
+    async def body(fetcher):
+        results = []
+
+        async def reader():
+            results.append(await fetcher.read(file, 0, len(data)))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(16):
+                nursery.start_soon(reader)
+        assert all(r == data for r in results)
+
+    run_with_fetcher(tmp_path, server, body)
+    assert sorted(server.reads) == [(1, i * BLOCK) for i in range(4)]
+
+
+def test_sequential_reads_trigger_read_ahead(tmp_path):
+    data = os.urandom(64 * BLOCK)
+    server = FakeServer({1: data})
+    file = make_file(1, data)
+
+    async def body(fetcher):
+        stream = Stream()
+        for offset in range(0, 4 * BLOCK, BLOCK):
+            await fetcher.read(file, offset, BLOCK, stream)
+        await trio.sleep(0.2)
+        return len(server.reads)
+
+    assert run_with_fetcher(tmp_path, server, body) > 4
+
+
+def test_random_reads_do_not_read_ahead(tmp_path):
+    data = os.urandom(64 * BLOCK)
+    server = FakeServer({1: data})
+    file = make_file(1, data)
+
+    async def body(fetcher):
+        stream = Stream()
+        for index in (40, 3, 17, 60, 9):
+            await fetcher.read(file, index * BLOCK + 100, 200, stream)
+        await trio.sleep(0.2)
+
+    run_with_fetcher(tmp_path, server, body)
+    assert len(server.reads) == 5
+
+
+def test_offline_read_of_missing_block_fails_at_once(tmp_path):
+    data = os.urandom(2 * BLOCK)
+    file = make_file(1, data)
+
+    async def body(fetcher):
+        with pytest.raises(OfflineError):
+            await fetcher.read(file, 0, 10)
+
+    run_with_fetcher(tmp_path, None, body)
+
+
+def test_short_server_read_is_not_cached(tmp_path):
+    data = os.urandom(2 * BLOCK)
+    server = FakeServer({1: data[:BLOCK + 10]})
+    file = make_file(1, data)
+
+    async def body(fetcher):
+        with pytest.raises(ServerFailure):
+            await fetcher.read(file, BLOCK, 100)
+        assert not fetcher.cache.contains(BlockKey("srv", 1, BLOCK, 1))
+
+    run_with_fetcher(tmp_path, server, body)
+
+
+@pytest.mark.allow_warnings
+def test_checksum_mismatch_drops_blocks(tmp_path):
+    data = os.urandom(3 * BLOCK)
+    server = FakeServer({1: data})
+    file = make_file(1, data, good_hash=False)
+
+    async def body(fetcher):
+        await fetcher.read(file, 0, len(data))
+        await trio.sleep(0.3)
+        return [fetcher.cache.contains(BlockKey("srv", 1, BLOCK, i)) for i in range(3)]
+
+    assert run_with_fetcher(tmp_path, server, body) == [False, False, False]
+
+
+@pytest.mark.allow_warnings
+def test_damaged_block_is_refetched(tmp_path):
+    data = os.urandom(2 * BLOCK)
+    server = FakeServer({1: data})
+    file = make_file(1, data)
+
+    async def body(fetcher):
+        await fetcher.read(file, 0, len(data))
+
+    run_with_fetcher(tmp_path, server, body)
+    cache = BlockCache(tmp_path)
+    name = str(BlockKey("srv", 1, BLOCK, 0))
+    stored = bytearray(cache._blocks.get(name) or cache._pinned.get(name))
+    stored[-1] ^= 0xFF
+    cache._blocks.set(name, bytes(stored))
+    cache.close()
+    before = len(server.reads)
+
+    async def again(fetcher):
+        assert await fetcher.read(file, 0, len(data)) == data
+
+    run_with_fetcher(tmp_path, server, again)
+    assert server.reads[before:] == [(1, 0)]

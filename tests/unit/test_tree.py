@@ -1,0 +1,160 @@
+"""The namespace: safe names, fileset layout and link targets."""
+
+import posixpath
+
+import pytest
+import trio
+
+from omerofs import records, tree
+from omerofs.blocks import BlockCache
+from omerofs.catalog import Catalog
+
+
+def make_file(file_id, name, path, size=10, repo="repo-uuid"):
+    return records.OriginalFile(id=file_id, name=name, path=path, size=size, mtime=1.0, repo_uuid=repo)
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "nul\x00byte", "/", "x" * 300, "é" * 200,
+                                  "long" * 80 + ".ome.tiff"])
+def test_safe_name_is_one_valid_component(name):
+    safe = tree.safe_name(name)
+    assert safe not in ("", ".", "..")
+    assert "/" not in safe
+    assert "\x00" not in safe
+    assert len(safe.encode("utf-8", "surrogateescape")) <= tree.NAME_MAX
+
+
+def test_safe_name_keeps_ordinary_names():
+    assert tree.safe_name("Zellkern Übersicht µm.tif") == "Zellkern Übersicht µm.tif"
+
+
+def test_safe_name_keeps_long_names_distinct_and_extension():
+    first = tree.safe_name("a" * 300 + "1.tif")
+    second = tree.safe_name("a" * 300 + "2.tif")
+    assert first != second
+    assert first.endswith(".tif")
+    assert tree.safe_name("a" * 300 + "1.tif") == first
+
+
+def test_path_components_drop_traversal():
+    assert tree.path_components("user_2/../x/./y/") == ("user_2", "_..", "x", "y")
+
+
+def test_layout_of_flat_fileset_has_no_subdirectories():
+    fileset = records.Fileset(
+        1, (make_file(10, "a.ics", "u/2026/"), make_file(11, "a.ids", "u/2026/")), (5,),
+        records.UsedFiles(frozenset({11}), frozenset({10})))
+    layout = tree.fileset_layout(fileset)
+    assert [(e.role, e.sub, e.name) for e in layout] == [("Companion", (), "a.ics"), ("Binary", (), "a.ids")]
+
+
+def test_layout_keeps_subfolders_below_shared_prefix():
+    fileset = records.Fileset(
+        2, (make_file(20, "x.vsi", "u/f/"), make_file(21, "frame_t_0.ets", "u/f/_x_/stack1/")), (6,),
+        records.UsedFiles(frozenset({20, 21}), frozenset()))
+    layout = tree.fileset_layout(fileset)
+    assert [(e.sub, e.name) for e in layout] == [((), "x.vsi"), (("_x_", "stack1"), "frame_t_0.ets")]
+
+
+def test_layout_renames_colliding_names():
+    fileset = records.Fileset(
+        3, (make_file(30, "a/b", "u/"), make_file(31, "a_b", "u/")), (7,),
+        records.UsedFiles(frozenset({30, 31}), frozenset()))
+    names = [e.name for e in tree.fileset_layout(fileset)]
+    assert len(set(names)) == 2
+
+
+class FakeConnection:
+    """Stands in for remote.Connection with a fixed repository."""
+
+    def __init__(self, images, filesets, repositories):
+        self._images = images
+        self._filesets = filesets
+        self._repositories = repositories
+        self.calls = []
+
+    def image_ids(self, offset, limit):
+        self.calls.append("image_ids")
+        return sorted(self._images)[offset:offset + limit]
+
+    def images(self, ids):
+        self.calls.append("images")
+        return {i: self._images[i] for i in ids if i in self._images}
+
+    def filesets(self, ids):
+        self.calls.append("filesets")
+        return {i: self._filesets[i] for i in ids if i in self._filesets}
+
+    def repositories(self):
+        self.calls.append("repositories")
+        return self._repositories
+
+    def original_files(self, ids):
+        return {}
+
+
+def resolve(root_dir, link_path, target):
+    """Resolve a relative link target against the link's directory, inside the mount."""
+    return posixpath.normpath(posixpath.join(posixpath.dirname(link_path), target))
+
+
+def test_image_links_resolve_into_one_repository_directory(tmp_path):
+    files = (make_file(10, "a.ics", "user_2/2026/"), make_file(11, "a.ids", "user_2/2026/"),
+             make_file(12, "deep.ets", "user_2/2026/_a_/stack1/"))
+    fileset = records.Fileset(4, files, (5,), records.UsedFiles(frozenset({11, 12}), frozenset({10})))
+    connection = FakeConnection({5: records.Image(5, "a", 4)}, {4: fileset},
+                                [records.Repository(99, "ManagedRepository", "repo-uuid")])
+
+    async def walk():
+        catalog = Catalog(connection, BlockCache(tmp_path), "server-uuid")
+        root = tree.Root(catalog)
+        image = await (await root.lookup("Image")).lookup("5")
+        binary = await image.lookup("Binary")
+        link = await binary.lookup("a.ids")
+        first_hop = resolve("", "Image/5/Binary/a.ids", link.target)
+        assert first_hop == "Fileset/4/Binary/a.ids"
+
+        fileset_binary = await (await (await root.lookup("Fileset")).lookup("4")).lookup("Binary")
+        second = await fileset_binary.lookup("a.ids")
+        final = resolve("", first_hop, second.target)
+        assert final == "Repository/99/user_2/2026/a.ids"
+
+        deep = await (await (await binary.lookup("_a_")).lookup("stack1")).lookup("deep.ets")
+        deep_hop = resolve("", "Image/5/Binary/_a_/stack1/deep.ets", deep.target)
+        assert deep_hop == "Fileset/4/Binary/_a_/stack1/deep.ets"
+
+        repository = await (await root.lookup("Repository")).lookup("99")
+        directory = await (await repository.lookup("user_2")).lookup("2026")
+        assert set((await directory.children()).keys()) == {"a.ics", "a.ids", "_a_"}
+
+        companion = await image.lookup("Companion")
+        assert set((await companion.children()).keys()) == {"a.ics"}
+
+    trio.run(walk)
+
+
+def test_unknown_and_malformed_ids_are_not_found(tmp_path):
+    connection = FakeConnection({}, {}, [])
+
+    async def walk():
+        root = tree.Root(Catalog(connection, BlockCache(tmp_path), "server-uuid"))
+        images = await root.lookup("Image")
+        assert await images.lookup("7") is None
+        assert await images.lookup("007") is None
+        assert await images.lookup("x") is None
+
+    trio.run(walk)
+
+
+def test_image_without_fileset_has_empty_file_directories(tmp_path):
+    connection = FakeConnection({8: records.Image(8, "old", None)}, {}, [])
+
+    async def walk():
+        root = tree.Root(Catalog(connection, BlockCache(tmp_path), "server-uuid"))
+        image = await (await root.lookup("Image")).lookup("8")
+        children = await image.children()
+        assert "Fileset" not in children
+        assert await children["Binary"].children() == {}
+        assert await children["Companion"].children() == {}
+
+    trio.run(walk)
