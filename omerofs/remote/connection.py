@@ -1,4 +1,4 @@
-"""The only module that imports omero-py or Ice.
+"""One OMERO session: log-in, retries, error translation, queries and reads.
 
 ``Connection`` wraps one OMERO session. Its methods block, so async code
 calls them through ``trio.to_thread.run_sync``; they are thread-safe, and
@@ -30,8 +30,8 @@ import omero.cmd
 import omero.sys
 from omero.rtypes import rlist, rlong, rstring, unwrap
 
-from . import records
-from .errors import (
+from .. import records
+from ..errors import (
     AccessDenied,
     AuthenticationError,
     NotFound,
