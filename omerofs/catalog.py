@@ -132,20 +132,39 @@ class Catalog:
 
     async def listed_image_ids(self) -> list[int]:
         """Return the images ``Image/`` lists: the targets' or all readable ones."""
-        return await self._cached(self._record_key("listing", "images"), self._load_listing, self.ttl)
+        return await self._cached(self._listing_key, self._load_listing, self.ttl)
+
+    @property
+    def _listing_key(self) -> str:
+        return self._record_key("listing", ";".join(str(t) for t in self.targets) or "all")
 
     async def _load_listing(self) -> list[int]:
         if self.targets:
             image_ids: set[int] = set()
             for target in self.targets:
-                image_ids.update(await self._remote(f"Resolving {target}", self.connection.target_image_ids, target))
+                image_ids.update(await self.target_image_ids(target))
             return sorted(image_ids)
+        if self.connection is None:
+            listed = self.cache.get_record(self._listing_key) or []
+            return sorted(set(listed) | set(self.pinned_image_ids()))
         image_ids = []
         while True:
             page = await self._remote("Listing images", self.connection.image_ids, len(image_ids), LIST_PAGE)
             image_ids.extend(page)
             if len(page) < LIST_PAGE:
                 return image_ids
+
+    async def target_image_ids(self, target: records.ImageTarget) -> list[int]:
+        """Return the IDs of the images under a target, from the server or the cache."""
+        return await self._cached(self._record_key("target", target), lambda: self._remote(
+            f"Resolving {target}", self.connection.target_image_ids, target), self.ttl)
+
+    def pinned_image_ids(self) -> list[int]:
+        """Return the images of every pin of this server: what an offline mount lists."""
+        image_ids: set[int] = set()
+        for key in self.cache.record_keys(f"pin/{self.server}/"):
+            image_ids.update(self.cache.get_record(key)["image_ids"])
+        return sorted(image_ids)
 
     async def image(self, image_id: int) -> records.Image | None:
         """Return an image's record, or None if it does not exist or is not readable."""
@@ -209,7 +228,7 @@ class Catalog:
         return self._filesets.get(fileset_id)
 
     async def _neighbour_filesets(self, image_id: int) -> list[int]:
-        listing = self._fresh.get(self._record_key("listing", "images"))
+        listing = self._fresh.get(self._listing_key)
         if listing is None or image_id not in listing[1]:
             return []
         image_ids = listing[1]
@@ -218,6 +237,12 @@ class Catalog:
         images = await self.images(window)
         return [i.fileset_id for i in images.values()
                 if i.fileset_id is not None and i.fileset_id not in self._filesets]
+
+    async def load_filesets(self, fileset_ids: Sequence[int]) -> None:
+        """Load many filesets with one batch of queries."""
+        wanted = [i for i in fileset_ids if i not in self._filesets]
+        for start in range(0, len(wanted), FILESET_PREFETCH):
+            await self._load_filesets(wanted[start:start + FILESET_PREFETCH])
 
     async def _load_filesets(self, fileset_ids: list[int]) -> bool:
         wanted = sorted({i for i in fileset_ids if i not in self._filesets})
@@ -260,6 +285,10 @@ class Catalog:
             if repository.uuid == uuid:
                 return repository
         return None
+
+    def known_file(self, file_id: int) -> records.OriginalFile | None:
+        """Return a file's record if any loaded or persisted fileset holds it."""
+        return self._files.get(file_id)
 
     def repository_files(self, uuid: str | None) -> dict[int, records.OriginalFile]:
         """Return the files known so far in one repository (None: legacy files)."""

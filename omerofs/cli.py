@@ -3,11 +3,13 @@
 Exit codes: 0 success; 1 unexpected failure; 2 invalid usage; 3 login
 failed; 4 server error or unreachable; 5 object not found; 6 access
 denied; 7 data not available offline; 8 checksum mismatch; 9 cache
-unusable; 130 interrupted.
+unusable; 10 pin finished but some files failed or are restricted;
+130 interrupted.
 """
 
 import argparse
 import getpass
+import json
 import logging
 import os
 import select
@@ -87,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     umount = commands.add_parser("umount", help="unmount and end the mount's session")
     umount.add_argument("mountpoint")
     umount.add_argument("-z", "--lazy", action="store_true", help="detach now even if files are open")
+
+    pin = commands.add_parser("pin", help="copy targets into the cache, verified and kept through eviction")
+    pin.add_argument("targets", nargs="+", metavar="TARGET", help="e.g. Dataset:3 or Image:1,2")
+    _add_server_options(pin)
+    pin.add_argument("--json", action="store_true", help="print the summary as JSON on standard output")
+
+    unpin = commands.add_parser("unpin", help="let the cache evict pinned targets again")
+    unpin.add_argument("targets", nargs="+", metavar="TARGET")
+    _add_server_options(unpin)
+
+    status = commands.add_parser("status", help="show the cache, pinned targets and running mounts")
+    status.add_argument("--cache-dir", default=str(default_cache_dir()),
+                        help="directory of the block cache (default: %(default)s)")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
     return parser
 
 
@@ -119,8 +135,11 @@ def _password(user: str | None, server: str) -> str:
     return getpass.getpass(f"Password for {user}@{server}: ")
 
 
-def _login(args, options: MountOptions) -> None:
-    """Log in once here, so that errors and the prompt reach the user, then hand the session over."""
+def _connect(args):
+    """Log in as the options say and return the connected ``remote.Connection``.
+
+    Errors and the password prompt reach the user here, in the foreground.
+    """
     from .remote import Connection, Credentials, ServerAddress
 
     address = ServerAddress.parse(args.server, args.port)
@@ -131,15 +150,11 @@ def _login(args, options: MountOptions) -> None:
     except AuthenticationError:
         if session_key is None or args.session_key:
             raise
-        # The stored session has expired: fall back to a password.
+        # The session that `omero login` stored has expired: fall back to a password.
         password = _password(user, address.display)
         connection = Connection(address, Credentials(user, password), args.group)
         connection.connect()
-    options.user = user
-    options.password = password
-    options.session_key = connection.session_key
-    options.session_key_owned = connection.credentials.session_key_owned
-    connection.detach()
+    return connection
 
 
 def command_mount(args) -> int:
@@ -161,7 +176,15 @@ def command_mount(args) -> int:
         targets=list(args.targets), cache_dir=str(cache_dir), offline=args.offline, block_size=args.block_size,
         cache_size=args.cache_size, ttl=args.ttl, allow_other=args.allow_other, debug=args.debug)
     if not args.offline:
-        _login(args, options)
+        # Log in here, so that errors and the prompt reach the user, then hand
+        # the session to the daemon, which joins it.
+        connection = _connect(args)
+        credentials = connection.credentials
+        options.user = credentials.user
+        options.password = credentials.password
+        options.session_key = credentials.session_key
+        options.session_key_owned = credentials.session_key_owned
+        connection.detach()
 
     if args.foreground:
         mount.configure_logging(None, args.debug)
@@ -224,7 +247,65 @@ def _wait_for_exit(pid: int) -> None:
     log.warning("the mount daemon (pid %d) is still running", pid)
 
 
-COMMANDS = {"mount": command_mount, "umount": command_umount}
+def command_pin(args) -> int:
+    import trio
+
+    from .blocks import BlockCache
+    from .pin import run_pin, summary_json, summary_text
+
+    targets = [records.parse_target(t) for t in args.targets]
+    if not args.server:
+        raise UsageError("No server given; use -s HOST or -s tcp://HOST:PORT.")
+    cache = BlockCache(Path(args.cache_dir).expanduser())
+    connection = _connect(args)
+    try:
+        server = connection.server_identity().database_uuid
+        cache.set_record(f"address/{args.server}:{args.port}", server)
+        summary = trio.run(run_pin, connection, cache, server, targets)
+    finally:
+        connection.close()
+        cache.close()
+    print(summary_json(summary) if args.json else summary_text(summary))
+    return 0 if summary.ok else 10
+
+
+def _cached_server(cache, args) -> str:
+    server = cache.get_record(f"address/{args.server}:{args.port}")
+    if server is None:
+        raise UsageError(f"The cache holds nothing from {args.server}.")
+    return server
+
+
+def command_unpin(args) -> int:
+    from .blocks import BlockCache
+    from .pin import unpin
+
+    targets = [records.parse_target(t) for t in args.targets]
+    if not args.server:
+        raise UsageError("No server given; use -s with the server that the targets were pinned from.")
+    cache = BlockCache(Path(args.cache_dir).expanduser())
+    try:
+        removed = unpin(cache, _cached_server(cache, args), targets)
+    finally:
+        cache.close()
+    missing = [str(t) for t in targets if str(t) not in removed]
+    for target in removed:
+        print(f"unpinned {target}")
+    if missing:
+        raise UsageError(f"Not pinned: {', '.join(missing)}.")
+    return 0
+
+
+def command_status(args) -> int:
+    from .status import cache_status, status_text
+
+    status = cache_status(Path(args.cache_dir).expanduser())
+    print(json.dumps(status, indent=2) if args.json else status_text(status))
+    return 0
+
+
+COMMANDS = {"mount": command_mount, "umount": command_umount, "pin": command_pin, "unpin": command_unpin,
+            "status": command_status}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,7 +194,7 @@ class Fetcher:
             for index in indexes:
                 nursery.start_soon(fetch_one, index)
 
-    async def _fetch(self, file: records.OriginalFile, index: int) -> bytes:
+    async def _fetch(self, file: records.OriginalFile, index: int, pinned: bool = False) -> bytes:
         """Download one block, or wait for the download already under way."""
         memory_key = (file.id, index)
         download = self._inflight.get(memory_key)
@@ -207,7 +207,8 @@ class Fetcher:
         download = _Download()
         self._inflight[memory_key] = download
         try:
-            data = await trio.to_thread.run_sync(self._download_and_store, file, index, limiter=self._limiter)
+            data = await trio.to_thread.run_sync(self._download_and_store, file, index, pinned,
+                                                 limiter=self._limiter)
             download.data = data
             self._remember(file, index, data)
             return data
@@ -218,9 +219,12 @@ class Fetcher:
             del self._inflight[memory_key]
             download.done.set()
 
-    def _download_and_store(self, file: records.OriginalFile, index: int) -> bytes:
+    def _download_and_store(self, file: records.OriginalFile, index: int, pinned: bool) -> bytes:
         """Worker thread: read a block from the server, check it, store it."""
-        cached = self.cache.get(self._key(file.id, index))
+        key = self._key(file.id, index)
+        if pinned and self.cache.pin(key):
+            return self.cache.get(key)
+        cached = self.cache.get(key)
         expected = self._block_length(file, index)
         if cached is not None and len(cached) == expected:
             # Another process (a pin on the same cache) stored it meanwhile.
@@ -230,7 +234,7 @@ class Fetcher:
         if len(data) != expected:
             raise ServerFailure(f"The server returned {len(data)} bytes of OriginalFile {file.id} at offset "
                                 f"{index * self.block_size}, expected {expected}")
-        self.cache.put(self._key(file.id, index), data)
+        self.cache.put(key, data, pinned=pinned)
         self.bytes_fetched += len(data)
         self.blocks_fetched += 1
         return data
@@ -258,6 +262,63 @@ class Fetcher:
             await self._fetch(file, index)
         except OmerofsError as error:
             log.debug("read-ahead of OriginalFile %d block %d failed: %s", file.id, index, error)
+
+    # Pinning
+
+    def _pinned_key(self, file: records.OriginalFile) -> str:
+        return f"pinned/{self.server}/{file.id}"
+
+    def is_pinned(self, file: records.OriginalFile) -> bool:
+        return self.cache.get_record(self._pinned_key(file)) == (file.hash or "")
+
+    async def pin(self, file: records.OriginalFile, progress: Callable[[int, bool], None]) -> bool:
+        """Bring every block of ``file`` into the pinned store and check the whole file.
+
+        ``progress(bytes, was_local)`` is called once per block. Returns True
+        when the file was already pinned and verified, so nothing was done.
+        Blocks already cached move to the pinned store without a download, so
+        an interrupted pin continues where it stopped.
+        """
+        if self.is_pinned(file):
+            progress(file.size, True)
+            return True
+        if self.offline:
+            raise OfflineError(f"OriginalFile {file.id} ({file.name}) cannot be pinned offline")
+        if file.restricted:
+            raise AccessDenied(f"The server restricts downloads of OriginalFile {file.id} ({file.name})")
+
+        async def pin_block(index: int) -> None:
+            key = self._key(file.id, index)
+            local = await trio.to_thread.run_sync(self.cache.pin, key, limiter=self._limiter)
+            if not local:
+                await self._fetch(file, index, pinned=True)
+            progress(self._block_length(file, index), local)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(self.block_count(file)):
+                nursery.start_soon(pin_block, index)
+
+        try:
+            complete = await trio.to_thread.run_sync(self.verify, file, limiter=self._limiter)
+        except IntegrityError:
+            for index in range(self.block_count(file)):
+                self._memory_drop(file.id, index)
+            raise
+        if not complete:
+            raise ServerFailure(f"OriginalFile {file.id} ({file.name}) lost blocks while it was pinned; run pin again")
+        self.cache.set_record(self._pinned_key(file), file.hash or "")
+        return False
+
+    def unpin(self, file: records.OriginalFile) -> None:
+        """Make a file's blocks evictable again."""
+        for index in range(self.block_count(file)):
+            self.cache.unpin(self._key(file.id, index))
+        self.cache.delete_record(self._pinned_key(file))
+
+    def local_bytes(self, file: records.OriginalFile) -> int:
+        """Return how many bytes of ``file`` the cache holds."""
+        return sum(self._block_length(file, i) for i in range(self.block_count(file))
+                   if self.cache.contains(self._key(file.id, i)))
 
     # Whole-file check against the server's checksum
 
