@@ -35,6 +35,7 @@ from ..errors import (
     AccessDenied,
     AuthenticationError,
     NotFound,
+    OmerofsError,
     RemoteError,
     ServerFailure,
     ServerUnavailable,
@@ -378,14 +379,14 @@ class Connection:
             try:
                 session, generation = self._current()
                 return function(session)
-            except RemoteError as error:
+            except OmerofsError as error:
                 failure = error
             except Exception as error:
                 failure = _translate(error, what)
                 failure.__cause__ = error
 
             delay = min(2.0 ** attempt * 0.05, 2.0) * random.uniform(0.5, 1.5)
-            if not failure.temporary or time.monotonic() + delay > deadline:
+            if not getattr(failure, "temporary", False) or time.monotonic() + delay > deadline:
                 raise failure
             log.info("%s failed (attempt %d): %s; retrying in %.2f s", what, attempt, failure, delay)
             time.sleep(delay)
