@@ -197,9 +197,13 @@ def command_mount(args) -> int:
 
 
 def _start_daemon(options: MountOptions) -> int:
+    # The password reaches the daemon on its standard input only, never
+    # through its command line or environment.
+    environment = {k: v for k, v in os.environ.items() if k != "OMERO_PASSWORD"}
     with open(options.log_file, "a") as log_file:
         daemon = subprocess.Popen([sys.executable, "-m", "omerofs.mount"], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=log_file, start_new_session=True, text=True)
+                                  stdout=subprocess.PIPE, stderr=log_file, start_new_session=True, text=True,
+                                  env=environment, cwd="/")
     daemon.stdin.write(options.to_json())
     daemon.stdin.close()
 

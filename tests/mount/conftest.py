@@ -57,3 +57,34 @@ def mounter(tmp_path, runtime_dir):
         mounted.unmount()
     for mounted in mounts:
         assert not os.path.ismount(mounted.path)
+
+
+def projection(server, user, hql):
+    """Run one HQL projection as ``user`` with omero-py and return the first column."""
+    import omero.clients
+    from omero.rtypes import unwrap
+
+    client = omero.client(host=server.host, port=server.port)
+    try:
+        session = client.createSession(user, "omero")
+        rows = session.getQueryService().projection(hql, None, {"omero.group": "-1"})
+        return sorted(unwrap(row[0]) for row in rows)
+    finally:
+        client.closeSession()
+
+
+@pytest.fixture(scope="session")
+def plate_image_ids(sample_server):
+    image_ids = projection(sample_server, "alice", "select ws.image.id from WellSample ws")
+    assert image_ids, "the sample repository has no plate images"
+    return image_ids
+
+
+@pytest.fixture(scope="session")
+def private_image_ids(sample_server):
+    """Images that alice can read and bob cannot."""
+    alice = set(projection(sample_server, "alice", "select i.id from Image i"))
+    bob = set(projection(sample_server, "bob", "select i.id from Image i"))
+    private = sorted(alice - bob)
+    assert private, "the sample repository has no image that only alice can read"
+    return private

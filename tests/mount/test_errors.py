@@ -1,0 +1,133 @@
+"""What a user sees when something is missing, forbidden, broken or read-only."""
+
+import errno
+import os
+import subprocess
+import time
+
+import pytest
+
+from support import start_server
+
+
+def first_image_with_binary(mount_path):
+    for name in sorted(os.listdir(mount_path / "Image"), key=int):
+        binary = mount_path / "Image" / name / "Binary"
+        files = [f for f in sorted(os.listdir(binary)) if (binary / f).is_symlink()]
+        if files:
+            return name, binary / files[0]
+    raise AssertionError("no image with binary files")
+
+
+@pytest.mark.parametrize("path", ["Image/987654321", "Fileset/987654321", "Repository/987654321",
+                                  "Repository/Legacy/987654321", "Image/abc", "Image/0012", "Nothing"])
+def test_unknown_object_is_enoent(sample_server, mounter, path):
+    mount = mounter(sample_server)
+    with pytest.raises(FileNotFoundError):
+        os.stat(mount.path / path)
+
+
+def test_writes_fail_with_erofs(sample_server, mounter):
+    mount = mounter(sample_server)
+    _, binary = first_image_with_binary(mount.path)
+    attempts = [
+        lambda: open(os.path.realpath(binary), "r+b"),
+        lambda: open(mount.path / "Image" / "new-file", "w"),
+        lambda: os.mkdir(mount.path / "Image" / "new-dir"),
+        lambda: os.unlink(os.path.realpath(binary)),
+        lambda: os.rename(os.path.realpath(binary), os.path.realpath(binary) + ".moved"),
+        lambda: os.chmod(os.path.realpath(binary), 0o777),
+    ]
+    for attempt in attempts:
+        with pytest.raises(OSError) as raised:
+            attempt()
+        assert raised.value.errno == errno.EROFS
+
+
+def test_reads_fail_with_eio_when_server_stops(tmp_path, mounter):
+    server = start_server(["--sample"], tmp_path)
+    try:
+        mount = mounter(server)
+        _, binary = first_image_with_binary(mount.path)
+        target = os.path.realpath(binary)
+    finally:
+        server.stop()
+    started = time.monotonic()
+    with pytest.raises(OSError) as raised:
+        with open(target, "rb") as handle:
+            handle.read(4096)
+    assert raised.value.errno == errno.EIO
+    assert time.monotonic() - started < 60
+
+
+def test_failing_server_read_is_eio_and_not_cached(sample_server, mounter):
+    mount = mounter(sample_server, cache_dir=None)
+    _, binary = first_image_with_binary(mount.path)
+    target = os.path.realpath(binary)
+    sample_server.control.set(fail_next_read=True)
+    try:
+        sample_server.control.set(corrupt_reads=False)
+        with open(target, "rb") as handle:
+            first = handle.read(100)
+    except OSError as error:
+        assert error.errno == errno.EIO
+        first = None
+    finally:
+        sample_server.control.set(fail_next_read=False)
+    # Whether the retry absorbed the failure or not, the bytes read now are right.
+    with open(target, "rb") as handle:
+        data = handle.read(100)
+    assert len(data) == min(100, os.path.getsize(target))
+    if first is not None:
+        assert first == data
+
+
+def test_restricted_plate_file_is_eacces(sample_server, mounter, plate_image_ids):
+    mount = mounter(sample_server)
+    image_id = plate_image_ids[0]
+    binary = mount.path / "Image" / str(image_id) / "Binary"
+    names = sorted(os.listdir(binary))
+    assert names
+    with pytest.raises(PermissionError):
+        with open(os.path.realpath(binary / names[0]), "rb") as handle:
+            handle.read(10)
+    assert f"OriginalFile" in mount.log_text()
+
+
+def test_other_groups_private_image_is_enoent(sample_server, mounter, private_image_ids):
+    mount = mounter(sample_server, user="bob")
+    for image_id in private_image_ids:
+        assert not (mount.path / "Image" / str(image_id)).exists()
+
+
+def test_bad_password_is_clear_error(sample_server, mounter):
+    mount = mounter(sample_server, password="wrong", check=False)
+    assert mount.result.returncode == 3
+    assert "Login failed" in mount.result.stderr
+    assert "Traceback" not in mount.result.stderr
+    assert not os.path.ismount(mount.path)
+
+
+def test_unreachable_server_is_clear_error(mounter, tmp_path):
+    from support import free_port
+
+    class Nowhere:
+        host = f"tcp://127.0.0.1:{free_port()}"
+
+    started = time.monotonic()
+    mount = mounter(Nowhere, check=False)
+    assert mount.result.returncode == 4
+    assert "Traceback" not in mount.result.stderr
+    assert time.monotonic() - started < 60
+
+
+def test_mountpoint_errors_are_usage_errors(sample_server, tmp_path):
+    from support import OMEROFS
+
+    for path in [tmp_path / "missing", tmp_path / "file"]:
+        if path.name == "file":
+            path.write_text("x")
+        result = subprocess.run([OMEROFS, "mount", str(path), "-s", sample_server.host, "-u", "alice"],
+                                capture_output=True, text=True, env=dict(os.environ, OMERO_PASSWORD="omero"))
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
