@@ -50,7 +50,7 @@ from omerofs.testserver.manifest import Graph, ManifestError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AuthenticationFailed", "ManifestError", "Repository", "RequestFailed", "Viewer"]
+__all__ = ["AuthenticationFailed", "ManifestError", "Repository", "Viewer"]
 
 ALL_GROUPS = -1
 
@@ -65,14 +65,6 @@ ORIGINAL_METADATA_NAME = "original_metadata.txt"
 
 class AuthenticationFailed(Exception):
     """Raised by `Repository.authenticate` for an unknown user or a wrong password."""
-
-
-class RequestFailed(Exception):
-    """Raised by a command such as `used_files`; `response` is the `omero.cmd.ERR` to return."""
-
-    def __init__(self, response: omero.cmd.ERR):
-        super().__init__(response.parameters.get("message", response.name))
-        self.response = response
 
 
 @dataclasses.dataclass(frozen=True)
@@ -392,16 +384,16 @@ class Repository:
         a UsedFilesResponse that splits the fileset's files into binary and
         companion files of the image's own series ("ThisSeries") and of the other
         series only ("OtherSeries"). Images stored before filesets get a
-        UsedFilesResponsePreFs. Raises RequestFailed (an ERR response) for an image
-        the user cannot read or that has no pixels.
+        UsedFilesResponsePreFs. An image the user cannot read, or one without
+        pixels, gets an `omero.cmd.ERR` named "bad-image", as OMERO answers.
         """
         scope = self.scope(Viewer(viewer.user_id, ALL_GROUPS))
         found = [image for image in scope.by_ids(schema.model_class("Image"), [image_id]) if scope.is_visible(image)]
         if not found:
-            raise RequestFailed(_error("bad-image", f"cannot read image {image_id}"))
+            return _error("bad-image", f"cannot read image {image_id}")
         image = found[0]
         if not image._pixelsSeq:
-            raise RequestFailed(_error("bad-image", f"no pixels for image {image_id}"))
+            return _error("bad-image", f"no pixels for image {image_id}")
         if image._fileset is None:
             return self._used_files_pre_fs(image, scope)
         return self._used_files_fs(image)
