@@ -191,7 +191,7 @@ def _entity_step(model: schema.ModelClass, name: str, text: str) -> Step:
         return Step(name, DETAILS, "Details")
     if name == "class":
         return Step(name, CLASS, "RString")
-    field = model.field(name)
+    field = model.polymorphic_field(name)
     if field is None:
         raise syntax_error(f"could not resolve property: {name} of: {model.java_name} in path {text}")
     if field.kind == schema.VALUES:
@@ -533,24 +533,17 @@ class _Compiler:
 
     def _in_list(self, expr: ast.InList, compile_part: Callable) -> Callable:
         operand = compile_part(expr.operand)
-        items = [compile_part(item) for item in expr.items]
         negated = expr.negated
-        column = next((item.column for item in expr.items if isinstance(item, ast.Param)), None)
 
-        def evaluate(row):
-            values = []
-            for item in items:
-                value = item(row)
-                if isinstance(value, list):
-                    values.extend(value)
-                else:
-                    values.append(value)
-            if not values:
+        if all(isinstance(item, (ast.Literal, ast.Param)) for item in expr.items):
+            constants = _flatten([self._row_expression(item)(None) for item in expr.items])
+            if not constants:
                 # PostgreSQL rejects the `in ()` that Hibernate 3 writes for an empty list.
-                raise syntax_error(f"the IN list at column {column} is empty")
-            return _in(operand(row), values, negated)
+                raise syntax_error(f"the IN list of {_describe(expr.operand)} is empty in HQL: {self.query.text}")
+            return lambda row: _in(operand(row), constants, negated)
 
-        return evaluate
+        items = [compile_part(item) for item in expr.items]
+        return lambda row: _in(operand(row), _flatten([item(row) for item in items]), negated)
 
     def _like(self, expr: ast.Like, compile_part: Callable) -> Callable:
         operand, pattern = compile_part(expr.operand), compile_part(expr.pattern)
@@ -666,6 +659,17 @@ def _conjuncts(expr: ast.Expr) -> list[ast.Expr]:
     return [expr]
 
 
+def _flatten(values: list[Any]) -> list[Any]:
+    """Expand list parameters (an RList for `in (:ids)`) into their items."""
+    flat: list[Any] = []
+    for value in values:
+        if isinstance(value, list):
+            flat.extend(value)
+        else:
+            flat.append(value)
+    return flat
+
+
 def _flatten_ids(values: list[Any]) -> set[int] | None:
     ids: set[int] = set()
     for value in values:
@@ -715,9 +719,10 @@ def _walk(obj: Any, steps: tuple[Step, ...]) -> Any:
         elif kind == SIZE:
             return len(obj)
         elif kind == schema.COLLECTION:
-            obj = getattr(obj, "_" + step.name + "Seq")
+            obj = getattr(obj, "_" + step.name + "Seq", None)
         else:
-            obj = getattr(obj, "_" + step.name)
+            # Objects of sibling subclasses lack the field and read NULL.
+            obj = getattr(obj, "_" + step.name, None)
             if kind == schema.SCALAR and isinstance(obj, omero.RType):
                 obj = obj.getValue()
     return obj
@@ -973,9 +978,9 @@ def _walk_objects(obj: Any, steps: tuple[Step, ...]) -> Any:
         if step.kind == DETAILS:
             obj = obj._details
         elif step.kind == schema.COLLECTION:
-            obj = getattr(obj, "_" + step.name + "Seq")
+            obj = getattr(obj, "_" + step.name + "Seq", None)
         else:
-            obj = getattr(obj, "_" + step.name)
+            obj = getattr(obj, "_" + step.name, None)
     return obj
 
 
@@ -994,7 +999,7 @@ def _passes_implicit_joins(path: ResolvedPath, row: tuple, scope: Scope) -> bool
             return True
         if position + 1 < len(steps) and steps[position + 1].kind == ID:
             return True
-        obj = getattr(obj, "_" + step.name)
+        obj = getattr(obj, "_" + step.name, None)
         if obj is None or not scope.is_visible(obj):
             return False
     return True

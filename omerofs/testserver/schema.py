@@ -99,6 +99,21 @@ class ModelClass:
             return found
         return model_class(self.base).field(name)
 
+    def polymorphic_field(self, name: str) -> Field | None:
+        """Return the named field of this class or, as Hibernate allows, of one of its subclasses.
+
+        OMERO maps class hierarchies such as Annotation to one table, so HQL may
+        use `a.file` on an `Annotation` alias; objects without the field read NULL.
+        """
+        found = self.field(name)
+        if found is not None:
+            return found
+        for subclass in subclasses(self.name):
+            found = model_class(subclass).fields.get(name)
+            if found is not None:
+                return found
+        return None
+
     def all_fields(self) -> dict[str, Field]:
         """Return every field of the class, base class fields first."""
         merged: dict[str, Field] = {}
@@ -173,6 +188,21 @@ def model_class(name: str) -> ModelClass:
                 fields[field_name] = Field(field_name, kind[0], kind[1])
         return ModelClass(name, base, _java_name(name), fields)
     raise UnknownClass(name)
+
+
+@functools.cache
+def subclasses(name: str) -> tuple[str, ...]:
+    """Return the names of the model classes that inherit from `name`, in name order."""
+    interface = getattr(omero.model, name)
+    found = []
+    for attribute in dir(omero.model):
+        candidate = getattr(omero.model, attribute)
+        if (
+            isinstance(candidate, type) and not attribute.endswith("I") and attribute != name
+            and issubclass(candidate, interface)
+        ):
+            found.append(attribute)
+    return tuple(sorted(found))
 
 
 def _java_name(name: str) -> str:

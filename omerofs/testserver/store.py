@@ -34,6 +34,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import omero
@@ -198,9 +199,13 @@ class Repository:
         self._legacy = next((record for record in graph.repositories if record.legacy), None)
 
     @classmethod
-    def load(cls, manifest_path: str | os.PathLike) -> "Repository":
-        """Load a manifest file (or a directory holding `manifest.yaml`); raise ManifestError if invalid."""
-        return cls(manifest.load(manifest_path))
+    def load(cls, manifest_path: str | os.PathLike, hash_sidecar: os.PathLike | None = None) -> "Repository":
+        """Load a manifest file (or a directory holding `manifest.yaml`); raise ManifestError if invalid.
+
+        `hash_sidecar` is where computed SHA-1s are cached; by default a file in
+        the user's cache directory.
+        """
+        return cls(manifest.load(manifest_path, Path(hash_sidecar) if hash_sidecar is not None else None))
 
     # Users, groups and sessions
 
