@@ -170,6 +170,22 @@ class File(Node):
         return Attributes("file", size=self.file.size, mtime=self.file.mtime, immutable=True)
 
 
+class Document(Node):
+    """A regular file whose bytes omerofs generated, such as an OME-XML document.
+
+    The bytes are made when the node is made (at lookup), so the size that
+    getattr reports is always the length that reads of this node return.
+    """
+
+    def __init__(self, key: tuple, content: bytes, mtime: float = 0.0):
+        self.key = key
+        self.content = content
+        self.mtime = mtime
+
+    def attributes(self) -> Attributes:
+        return Attributes("file", size=len(self.content), mtime=self.mtime)
+
+
 class Root(Directory):
     key = ("root",)
 
@@ -177,10 +193,14 @@ class Root(Directory):
         self.catalog = catalog
 
     async def children(self) -> dict[str, Node]:
+        # Imported here because metatree builds on this module's node classes.
+        from . import metatree
+
         return {
             "Image": ImageList(self.catalog),
             "Fileset": FilesetList(self.catalog),
             "Repository": RepositoryList(self.catalog),
+            **metatree.top_level(self.catalog),
         }
 
 
@@ -220,6 +240,9 @@ class ImageDir(Directory):
         if self.image.fileset_id is not None:
             children["Fileset"] = Symlink(self.key + ("Fileset",), f"../../Fileset/{self.image.fileset_id}",
                                           self.mtime)
+        from . import metatree
+
+        children.update(metatree.image_children(self.catalog, self.image))
         return children
 
 
