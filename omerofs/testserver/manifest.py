@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
+import json
 import logging
 import os
 import uuid
@@ -89,6 +91,10 @@ CHILD_COLLECTIONS = {
 
 BINARY = "binary"
 COMPANION = "companion"
+
+# libyaml's loader, when PyYAML has it, parses faster than the pure-Python one;
+# both accept the same documents.
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclasses.dataclass
@@ -188,9 +194,9 @@ def load(path: str | os.PathLike, hash_sidecar: Path | None = None) -> Graph:
     if manifest_path.is_dir():
         manifest_path = manifest_path / "manifest.yaml"
     try:
-        with open(manifest_path, encoding="utf-8") as handle:
-            document = yaml.safe_load(handle)
-    except OSError as error:
+        text = manifest_path.read_text(encoding="utf-8")
+        document = _parse_document(text)
+    except (OSError, UnicodeDecodeError) as error:
         raise ManifestError(f"cannot read manifest {manifest_path}: {error}") from None
     except yaml.YAMLError as error:
         raise ManifestError(f"invalid YAML in {manifest_path}: {error}") from None
@@ -208,6 +214,16 @@ def load(path: str | os.PathLike, hash_sidecar: Path | None = None) -> Graph:
         manifest_path, len(graph.objects), len(graph.users), len(graph.groups),
     )
     return graph
+
+
+def _parse_document(text: str) -> Any:
+    """Parse a manifest; one written as JSON (which YAML accepts too) takes the faster JSON parser."""
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return yaml.load(text, Loader=SAFE_LOADER)
 
 
 def _entries(document: dict, section: str) -> list[dict]:
@@ -238,6 +254,7 @@ class _Builder:
         self.refs: dict[tuple[str, int], omero.model.IObject] = {}
         self.enums: dict[tuple[str, str], omero.model.IObject] = {}
         self.events: dict[tuple[int, int, int], omero.model.EventI] = {}
+        self.permissions_by_group: dict[int, Any] = {}
 
         self.users: dict[str, UserRecord] = {}
         self.groups: dict[str, GroupRecord] = {}
@@ -343,7 +360,7 @@ class _Builder:
         event = self._event(time_ms, owner, group)
         obj._details._creationEvent = event
         obj._details._updateEvent = event
-        obj._details._permissions = omero.model.PermissionsI(self._permissions_of(group))
+        obj._details._permissions = self._shared_permissions(group)
         self.objects.append(obj)
 
         if object_id is not None:
@@ -372,11 +389,18 @@ class _Builder:
             raise ManifestError(f"{where}: no {kind} with id {object_id!r} is defined before this entry")
         return found
 
-    def _permissions_of(self, group: Any) -> str:
-        for record in self.groups.values():
-            if record.group is group:
-                return record.permissions
-        return "rw----"
+    def _shared_permissions(self, group: Any) -> Any:
+        """Return one PermissionsI per group for the graph's objects; the store never hands these out."""
+        key = id(group)
+        shared = self.permissions_by_group.get(key)
+        if shared is None:
+            text = "rw----"
+            for record in self.groups.values():
+                if record.group is group:
+                    text = record.permissions
+            shared = omero.model.PermissionsI(text)
+            self.permissions_by_group[key] = shared
+        return shared
 
     def _event(self, time_ms: int, owner: Any, group: Any) -> Any:
         if owner is None or group is None:
@@ -519,11 +543,9 @@ class _Builder:
         link._parent = parent
         link._child = child
 
-        parent_model = schema.class_of(parent)
-        for name, field in parent_model.all_fields().items():
-            if field.kind == schema.COLLECTION and field.type_name == link_class:
-                getattr(parent, "_" + name + "Seq").append(link)
-                break
+        parent_collection = _collection_of(type(parent).__name__[:-1], link_class)
+        if parent_collection is not None:
+            getattr(parent, "_" + parent_collection + "Seq").append(link)
         child_collection = CHILD_COLLECTIONS.get(link_class)
         if child_collection is not None:
             getattr(child, "_" + child_collection + "Seq").append(link)
@@ -1092,6 +1114,15 @@ class _Builder:
 
 _BITS = {"int8": 8, "uint8": 8, "int16": 16, "uint16": 16, "int32": 32, "uint32": 32,
          "float": 32, "double": 64, "complex": 64, "double-complex": 128, "bit": 1}
+
+
+@functools.cache
+def _collection_of(class_name: str, element_class: str) -> str | None:
+    """Return the name of the class's collection that holds `element_class` objects, if any."""
+    for name, field in schema.model_class(class_name).all_fields().items():
+        if field.kind == schema.COLLECTION and field.type_name == element_class:
+            return name
+    return None
 
 
 def _is_enum(class_name: str) -> bool:

@@ -572,3 +572,59 @@ def test_sample_non_ascii_name(sample):
 def test_sample_companion_verdict(sample):
     assert used_files(sample, 1, Viewer(2)) == ([101], [], [102], [])
     assert used_files(sample, 15, Viewer(2)) == ([1201], [], [], [])
+
+
+# Generated repositories
+
+
+def test_generated_repository_loads_and_serves(tmp_path):
+    from omerofs.testserver import generate
+
+    manifest_path = generate.generate(tmp_path, images=25, files_per_image=2, file_bytes=100,
+                                      big_files=1, big_file_gib=0.01, shared_content=False)
+    repository = Repository.load(manifest_path, hash_sidecar=tmp_path / "hashes.json")
+    viewer = Viewer(2)
+    count = repository.projection("select count(i.id) from Image i", None, viewer)
+    assert count[0][0].getValue() == 26
+    links = repository.projection(
+        "select count(l.id) from DatasetImageLink l where l.parent.id = 1", None, viewer
+    )
+    assert links[0][0].getValue() == 26
+    tagged = repository.projection(
+        "select count(l.id) from ImageAnnotationLink l where l.child.textValue = 'batch-0'", None, viewer
+    )
+    assert tagged[0][0].getValue() == 3
+    first = repository.original_file_bytes(1000, viewer)
+    second = repository.original_file_bytes(1001, viewer)
+    assert first.read(0, 100) != second.read(0, 100)
+    for original_file in repository.query("select o from OriginalFile o where o.repo is not null", None, viewer):
+        file_content = repository.graph.contents[original_file.getId().getValue()]
+        assert original_file.getHash().getValue() == content.sha1_hex(file_content)
+
+
+def test_generated_big_file_is_sparse_with_markers(tmp_path):
+    import json
+
+    from omerofs.testserver import generate
+
+    generate.generate(tmp_path, images=0, files_per_image=1, file_bytes=10,
+                      big_files=1, big_file_gib=0.01, shared_content=True)
+    markers = json.loads((tmp_path / "markers.json").read_text())
+    (file_id, file_markers), = markers.items()
+    path = tmp_path / "data" / "big-0.raw"
+    assert path.stat().st_size == int(0.01 * GIB)
+    assert path.stat().st_blocks * 512 < path.stat().st_size
+    with open(path, "rb") as handle:
+        for offset, data in file_markers:
+            handle.seek(offset)
+            assert handle.read(len(data) // 2) == bytes.fromhex(data)
+
+
+def test_big_file_markers_straddle_32_bit_limits():
+    from omerofs.testserver import generate
+
+    offsets = [offset for offset, _ in generate.big_file_markers(0, 6 * GIB)]
+    assert any(offset < 2 * GIB < offset + 8 for offset in offsets)
+    assert any(offset < 4 * GIB < offset + 8 for offset in offsets)
+    assert any(offset > 4 * GIB for offset in offsets)
+    assert max(offsets) + 16 >= 6 * GIB - 1
