@@ -19,7 +19,8 @@ import omero.sys
 from omero.rtypes import unwrap
 
 from .. import metarecords as mr
-from .connection import Connection, _batches, _ids_param, _original_file_record
+from .. import records
+from .connection import RESTRICT_BINARY_ACCESS, Connection, _batches, _ids_param
 
 log = logging.getLogger(__name__)
 
@@ -203,12 +204,29 @@ def _annotation_record(obj, annotation_ids: tuple[int, ...]) -> mr.Annotation | 
     if kind == "FileAnnotation":
         original = _child(obj, "file")
         if original is not None and original.isLoaded():
-            file = _original_file_record(original)
+            file = _attachment_record(original)
     return mr.Annotation(
         id=_id(obj), kind=kind, namespace=_text(obj, "ns"), description=_text(obj, "description"),
         name=_text(obj, "name"), value=value,
         map_value=_pairs(obj, "mapValue") if kind == "MapAnnotation" else (),
         file=file, annotation_ids=annotation_ids, owner_id=_details_id(obj, "owner"))
+
+
+def _attachment_record(obj) -> records.OriginalFile:
+    """Return the record of a file attachment's OriginalFile.
+
+    NOTE: this repeats ``connection._original_file_record``, which calls
+    ``PermissionsI.getExtendedRestrictions``, a method omero-py 5.23 does
+    not have; ``isRestricted`` reads the same extended restrictions.
+    """
+    hasher = _child(obj, "hasher")
+    permissions = obj._details._permissions if obj._details is not None else None
+    restricted = permissions is not None and bool(permissions.isRestricted(RESTRICT_BINARY_ACCESS))
+    return records.OriginalFile(
+        id=_id(obj), name=_text(obj, "name") or "", path=_text(obj, "path") or "", size=_int(obj, "size") or 0,
+        mtime=_seconds(obj, "mtime") or 0.0, hash=_text(obj, "hash"),
+        hasher=_get(hasher, "value") if hasher is not None and hasher.isLoaded() else None,
+        repo_uuid=_text(obj, "repo"), mimetype=_text(obj, "mimetype"), restricted=restricted)
 
 
 def _annotation_records(connection: Connection, objects: Iterable) -> dict[int, mr.Annotation]:
@@ -229,7 +247,7 @@ def _annotation_records(connection: Connection, objects: Iterable) -> dict[int, 
 def annotations(connection: Connection, annotation_ids: Sequence[int]) -> dict[int, mr.Annotation]:
     """Return the readable annotations among ``annotation_ids``; two queries per batch."""
     rows = _query(connection, f"Reading {len(annotation_ids)} annotations",
-                  "select a from Annotation a left outer join fetch a.file where a.id in (:ids)", annotation_ids)
+                  "select a from Annotation a left outer join fetch a.file f left outer join fetch f.hasher where a.id in (:ids)", annotation_ids)
     return _annotation_records(connection, rows)
 
 
@@ -257,8 +275,8 @@ def linked_annotations(connection: Connection, kind: str, parent_ids: Sequence[i
     """
     link_class = ANNOTATED_KINDS[kind]
     links = _query(connection, f"Reading the annotations of {len(parent_ids)} {kind} objects",
-                   f"select l from {link_class} l join fetch l.child a left outer join fetch a.file "
-                   f"where l.parent.id in (:ids) order by l.id", parent_ids)
+                   f"select l from {link_class} l join fetch l.child a left outer join fetch a.file f "
+                   f"left outer join fetch f.hasher where l.parent.id in (:ids) order by l.id", parent_ids)
     by_parent = _pairs_by_first((_ref(link, "parent"), _ref(link, "child")) for link in links)
     records = _annotation_records(connection, (link._child for link in links))
     by_parent = {parent: tuple(i for i in children if i in records) for parent, children in by_parent.items()}
