@@ -311,7 +311,7 @@ _IMAGE_QUERY = (
 def image_metadata(connection: Connection, image_ids: Sequence[int]) -> dict[int, mr.ImageMetadata]:
     """Return the full metadata of the readable images among ``image_ids``.
 
-    Costs up to ten queries per batch of images, plus those of
+    Costs up to nine queries per batch of images, plus those of
     ``instruments``. They read the images with pixels, channels and
     channel settings, then planes, light-path filters, channel and image
     annotation links, ROI IDs, dataset IDs and plate IDs.
@@ -488,7 +488,7 @@ def _stage_label_record(label) -> mr.StageLabel | None:
 
 
 def instruments(connection: Connection, instrument_ids: Sequence[int]) -> dict[int, mr.Instrument]:
-    """Return instruments with all their parts; twelve queries per batch, one per kind of part."""
+    """Return instruments with all their parts; thirteen queries per batch, about one per kind of part."""
     rows = _query(connection, f"Reading {len(instrument_ids)} instruments",
                   "select inst from Instrument inst left outer join fetch inst.microscope m "
                   "left outer join fetch m.type where inst.id in (:ids)", instrument_ids)
