@@ -202,15 +202,13 @@ def _value(obj, field: str):
         return None
 
 
-def _original_file_record(obj) -> records.OriginalFile:
+def original_file_record(obj) -> records.OriginalFile:
+    """Return the record of a loaded OriginalFile model object."""
     hasher = None
     if obj._hasher is not None and obj._hasher.isLoaded():
         hasher = _value(obj._hasher, "_value")
-    restricted = False
     permissions = obj._details._permissions if obj._details is not None else None
-    if permissions is not None:
-        extended = permissions.getExtendedRestrictions() or []
-        restricted = RESTRICT_BINARY_ACCESS in extended
+    restricted = permissions is not None and bool(permissions.isRestricted(RESTRICT_BINARY_ACCESS))
     mtime = _value(obj, "_mtime")
     return records.OriginalFile(
         id=_value(obj, "_id"),
@@ -471,7 +469,7 @@ class Connection:
                 _ids_param("ids", batch))
             for entry in rows:
                 fileset_id = unwrap(entry._fileset._id)
-                entries.setdefault(fileset_id, []).append(_original_file_record(entry._originalFile))
+                entries.setdefault(fileset_id, []).append(original_file_record(entry._originalFile))
             rows = self._projection(
                 f"Reading the images of {len(batch)} filesets",
                 "select i.fileset.id, i.id from Image i where i.fileset.id in (:ids) order by i.id",
@@ -516,7 +514,7 @@ class Connection:
             rows = self._query(f"Reading {len(batch)} original files",
                                "select o from OriginalFile o where o.id in (:ids)", _ids_param("ids", batch))
             for obj in rows:
-                record = _original_file_record(obj)
+                record = original_file_record(obj)
                 found[record.id] = record
         return found
 

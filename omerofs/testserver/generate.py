@@ -12,9 +12,10 @@ What it makes:
   `--files-per-image` small files, each image with its own comment and one of ten
   shared tags ("batch-0" ... "batch-9").
 - `--big-files` images whose single file is `--big-file-gib` GiB, stored sparse
-  on disk: zeros except marker bytes at known offsets, including offsets that
-  straddle 2 GiB and 4 GiB and one past 4 GiB, so a client that mixes up offsets
-  reads the wrong bytes. `markers.json` lists the markers of each file ID.
+  on disk. The files are zeros except for marker bytes at known offsets. Some
+  markers straddle 2 GiB and 4 GiB and one lies past 4 GiB, so a client that
+  mixes up offsets reads the wrong bytes. `markers.json` lists the markers of
+  each file ID.
 - Small files are synthetic by default: no disk space, and each file starts with
   its own ID so no two files are equal. `--shared-content` makes them all read
   one small file on disk instead.

@@ -16,12 +16,12 @@ PostgreSQL as OMERO uses them:
 - NULL follows SQL three-valued logic; ORDER BY puts NULLs last when ascending
   and first when descending, as PostgreSQL does.
 - Paging (`Parameters.theFilter` offset and limit) applies after ordering.
-- Result objects are copies trimmed to what the query loaded: an association
-  whose target was selected or fetched anywhere in the query comes back loaded,
-  any other comes back as an unloaded proxy, and a collection comes back loaded
-  only when a `join fetch` filled it (with the elements the query matched).
-  omero-py relies on this: `Fileset.listFiles()` returns nothing for a loaded but
-  empty `usedFiles`.
+- Result objects are copies trimmed to what the query loaded. An association
+  comes back loaded when the query selected or fetched its target anywhere, and
+  as an unloaded proxy otherwise. A collection comes back loaded only when a
+  `join fetch` filled it, and then contains the elements that the query matched.
+  omero-py relies on this because `Fileset.listFiles()` returns nothing for a
+  loaded but empty `usedFiles`.
 
 Anything the evaluator cannot parse or resolve raises `omero.QueryException`
 naming the part it could not use.
@@ -582,7 +582,7 @@ class _Compiler:
     # Index use
 
     def _root_prefilters(self, where: ast.Expr | None, roots: list[Alias]):
-        """Find top-level `root.<assoc...>.id = / in` conjuncts that an index can answer."""
+        """Find top-level `root.<association...>.id` `=` or `in` conjuncts that an index lookup can resolve."""
         if where is None or len(roots) != 1:
             return []
         root = roots[0]
@@ -1027,14 +1027,14 @@ def _filtered_rows(compiled: _Compiled, scope: Scope, outer_row: tuple | None = 
 
     implicit = compiled.implicit_paths
     where = compiled.where
-    kept = []
+    matching_rows = []
     for row in rows:
         if implicit and not all(_passes_implicit_joins(path, row, scope) for path in implicit):
             continue
         if where is not None and where(row) is not True:
             continue
-        kept.append(row)
-    return kept
+        matching_rows.append(row)
+    return matching_rows
 
 
 def _output_rows(compiled: _Compiled, scope: Scope, outer_row: tuple | None = None) -> list[tuple[list, list]]:

@@ -2,8 +2,8 @@
 
 The manifest format is documented in `docs/manifest.md`. Loading builds real
 omero-py model objects (`ImageI`, `FilesetI`, ...), linked in both directions,
-each with `details` (owner, group, creation event, permissions), and returns
-them in a `Graph` together with users, groups, repositories, file contents and
+each with `details` (owner, group, creation event, permissions). `load` returns
+them in a `Graph`, together with users, groups, repositories, file contents and
 the binary/companion verdict of every fileset file.
 
 Objects get the IDs the manifest gives them. Objects without an `id` (links,
@@ -134,7 +134,7 @@ class RepositoryRecord:
     description: omero.model.OriginalFileI  # mimetype "Repository", hash = uuid
     uuid: str
     binary_access: frozenset[str]
-    legacy: bool  # holds the files stored before filesets (OriginalFile.repo is NULL)
+    legacy: bool  # contains the files stored before filesets (OriginalFile.repo is NULL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +161,7 @@ class Graph:
 
 
 def id_space(class_name: str) -> str:
-    """Return the class whose table holds the IDs (`TagAnnotation` -> `Annotation`)."""
+    """Return the class whose database table assigns the IDs (`TagAnnotation` -> `Annotation`)."""
     model = schema.model_class(class_name)
     while model.base is not None:
         model = schema.model_class(model.base)
@@ -270,7 +270,7 @@ class _Builder:
 
     def build(self) -> Graph:
         known = {
-            "version", "database_uuid", "created", "binary_access", "defaults", "groups", "users",
+            "version", "database_uuid", "created", "binary_access", "defaults", "root_password", "groups", "users",
             "repositories", "instruments", "files", "filesets", "images", "datasets", "projects",
             "plates", "screens", "rois", "annotations",
         }
@@ -1118,7 +1118,7 @@ _BITS = {"int8": 8, "uint8": 8, "int16": 16, "uint16": 16, "int32": 32, "uint32"
 
 @functools.cache
 def _collection_of(class_name: str, element_class: str) -> str | None:
-    """Return the name of the class's collection that holds `element_class` objects, if any."""
+    """Return the name of the class's collection of `element_class` objects, if it has one."""
     for name, field in schema.model_class(class_name).all_fields().items():
         if field.kind == schema.COLLECTION and field.type_name == element_class:
             return name

@@ -1,9 +1,9 @@
 """Conversion of manifest values (YAML scalars) into OMERO model values.
 
-Each model field has a type in the OMERO model (see `schema`); these functions
-turn the value written in the manifest into that type: `RString`, `RDouble`,
-`RTime` (milliseconds since the epoch), packed RGBA colours in `RInt`, units
-(`Length`, `Time`, ...), and sizes such as `6 GiB`.
+Each model field has a type in the OMERO model (see `schema`). These functions
+turn the value written in the manifest into that type. The types are `RString`,
+`RDouble`, `RTime` (milliseconds since the epoch), packed RGBA colours in `RInt`,
+units (`Length`, `Time`, ...) and sizes such as `6 GiB`.
 """
 
 from __future__ import annotations

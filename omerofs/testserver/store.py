@@ -1,8 +1,9 @@
 """The data half of the OMERO test server: one repository, seen through OMERO's permissions.
 
-`Repository.load(manifest)` builds the object graph (see `manifest`); the Ice
-servants call the methods below with a `Viewer` (user and group context) and get
-back result copies of omero-py model objects, never the graph itself.
+`Repository.load(manifest)` builds the object graph (see `manifest`). The Ice
+servants call the methods below with a `Viewer` (user and group context), and
+the methods return result copies of omero-py model objects, never the graph
+itself.
 
 Permissions follow OMERO 5:
 - A viewer reads the groups it is a member of: the session's current group, or
@@ -70,7 +71,7 @@ class AuthenticationFailed(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Viewer:
-    """Who asks: the session's user and group; `group_id` -1 means all of the user's groups."""
+    """The caller of a query: the session's user and group, where `group_id` -1 means all of the user's groups."""
 
     user_id: int
     group_id: int = ALL_GROUPS
@@ -383,7 +384,7 @@ class Repository:
         return file_content
 
     def used_files(self, image_id: int, viewer: Viewer) -> Any:
-        """Answer a UsedFilesRequest for an image, as OMERO 5 does.
+        """Return the response to a UsedFilesRequest for an image, as OMERO 5 does.
 
         OMERO runs this request in all of the user's groups. Images in a fileset get
         a UsedFilesResponse that splits the fileset's files into binary and

@@ -1,8 +1,8 @@
 """HQL over the sample repository, without an Ice server.
 
-The sample manifest (omerofs/testserver/sample) has 22 images: 1-21 in group
-"lab", 22 in alice's private group and without a fileset; images 7, 8 and 12 sit
-in a plate; dataset 1 holds 11 images and dataset 2 six.
+The sample manifest (omerofs/testserver/sample) has 22 images. Images 1-21 are
+in group "lab", and image 22 is in alice's private group and has no fileset.
+Images 7, 8 and 12 are in a plate. Dataset 1 contains 11 images, dataset 2 six.
 """
 
 from __future__ import annotations
