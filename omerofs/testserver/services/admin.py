@@ -198,6 +198,9 @@ class ConfigService(Servant, omero.api.IConfig):
         server = self.factory.server
         return {
             "omero.db.uuid": server.repository.database_uuid,
+            # BlitzGateway's insecure connection joins the session through this
+            # router; the test server has only its plain TCP endpoint.
+            "omero.router.insecure": f"OMERO.Glacier2/router:tcp -p {server.port} -h @omero.host@",
             # OMERO's defaults for what BlitzGateway reads.
             "omero.pixeldata.max_plane_width": "3192",
             "omero.pixeldata.max_plane_height": "3192",
