@@ -291,11 +291,28 @@ class ContainerDir(Directory):
         if self.kind == "Project":
             return {"Dataset": LinkList(self.key + ("Dataset",), "Dataset", self.record.dataset_ids)}
         if self.kind == "Dataset":
-            self.meta.note_images(self.record.image_ids)
-            return {"Image": LinkList(self.key + ("Image",), "Image", self.record.image_ids)}
+            return {"Image": DatasetImages(self.meta, self.record)}
         if self.kind == "Screen":
             return {"Plate": LinkList(self.key + ("Plate",), "Plate", self.record.plate_ids)}
         return {"Well": WellList(self.meta, self.record)}
+
+
+class DatasetImages(LinkList):
+    """``Dataset/<id>/Image``: links to the dataset's images."""
+
+    def __init__(self, meta: MetaCatalog, dataset: mr.Dataset):
+        super().__init__(("dataset", dataset.id, "Image"), "Image", dataset.image_ids)
+        self.meta = meta
+
+    async def children(self) -> dict[str, Node]:
+        await _load_images(self.meta, self.object_ids)
+        return await super().children()
+
+
+async def _load_images(meta: MetaCatalog, image_ids: Sequence[int]) -> None:
+    """Load the records of images listed together, so following each link costs no query."""
+    meta.note_images(image_ids)
+    await meta.catalog.images(image_ids)
 
 
 class WellList(Directory):
@@ -305,7 +322,8 @@ class WellList(Directory):
         self.key = ("plate", plate.id, "Well")
 
     async def children(self) -> dict[str, Node]:
-        self.meta.note_images([s.image_id for w in self.plate.wells for s in w.samples if s.image_id is not None])
+        await _load_images(self.meta, [s.image_id for w in self.plate.wells for s in w.samples
+                                       if s.image_id is not None])
         return {str(w.id): WellDir(self.plate, w) for w in self.plate.wells}
 
 

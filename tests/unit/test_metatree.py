@@ -20,7 +20,11 @@ IMAGE_COUNT = 1000
 class FakeConnection:
     """The image records that Catalog itself reads."""
 
+    def __init__(self):
+        self.image_calls = 0
+
     def images(self, ids):
+        self.image_calls += 1
         return {i: records.Image(i, f"image {i}", None) for i in ids if 1 <= i <= IMAGE_COUNT}
 
 
@@ -93,8 +97,8 @@ class FakeQueries:
         return {"Project": [7], "Dataset": [DATASET_ID], "Screen": [], "Plate": [40]}[kind][offset:offset + limit]
 
 
-def setup(tmp_path, queries=None, connection=None):
-    catalog = Catalog(connection or FakeConnection(), BlockCache(tmp_path), "server-uuid")
+def setup(tmp_path, queries=None):
+    catalog = Catalog(FakeConnection(), BlockCache(tmp_path), "server-uuid")
     queries = queries or FakeQueries()
     MetaCatalog.of(catalog, queries)
     return tree.Root(catalog), queries
@@ -135,6 +139,7 @@ def test_dataset_annotation_listing_is_batched(tmp_path):
     trio.run(main)
     assert queries.calls["linked_annotations"] == 2
     assert queries.calls["annotations"] == 0
+    assert root.catalog.connection.image_calls == 1
 
 
 def test_links_resolve_to_object_directories(tmp_path):
