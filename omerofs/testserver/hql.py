@@ -1179,7 +1179,7 @@ class _Materializer:
         self.copies[key] = copy
         copy._version = getattr(master, "_version", None)
 
-        for name, field in schema.class_of(master).all_fields().items():
+        for name, field in _fields_of(type(master).__name__).items():
             attribute = "_" + name
             if field.kind == schema.COLLECTION:
                 self._copy_collection(master, copy, name)
@@ -1214,6 +1214,11 @@ class _Materializer:
             details._externalInfo = self.reference(source._externalInfo)
         details._permissions = self.scope.permissions(master)
         return details
+
+
+@functools.cache
+def _fields_of(implementation_name: str) -> dict[str, schema.Field]:
+    return schema.model_class(implementation_name.removesuffix("I")).all_fields()
 
 
 def copy_objects(scope: Scope, masters: list) -> list:
