@@ -878,7 +878,15 @@ def _scalar_function(expr: ast.Function) -> Callable[[list[Any]], Any]:
         raise syntax_error(f"{name}() takes {expected[name]} argument, got {len(expr.args)}")
 
     def first_or_none(function):
-        return lambda args: None if args[0] is None else function(args[0])
+        def apply(args):
+            value = args[0]
+            if value is None:
+                return None
+            if name != "size" and not isinstance(value, (str, int, float)):
+                raise syntax_error(f"{name}() needs a value, not a {type(value).__name__.removesuffix('I')}")
+            return function(value)
+
+        return apply
 
     if name == "lower":
         return first_or_none(lambda value: str(value).lower())
@@ -895,7 +903,14 @@ def _scalar_function(expr: ast.Function) -> Callable[[list[Any]], Any]:
     if name == "size":
         return first_or_none(len)
     if name == "concat":
-        return lambda args: None if any(a is None for a in args) else "".join(str(a) for a in args)
+        def concat(args):
+            if any(a is None for a in args):
+                return None
+            if not all(isinstance(a, (str, int, float)) for a in args):
+                raise syntax_error("concat() needs values, not objects")
+            return "".join(str(a) for a in args)
+
+        return concat
     if name == "coalesce":
         return lambda args: next((a for a in args if a is not None), None)
     raise syntax_error(f"unknown function {name}()")

@@ -525,3 +525,24 @@ def test_group_context_limits_query(repository):
 def test_enumerations_visible_to_all(repository):
     rows = repository.projection("select count(t.id) from PixelsType t", None, BOB)
     assert values(rows) == [[2]]
+
+
+def test_functions_reject_objects(repository):
+    assert "lower()" in query_error(repository, "select lower(i) from Image i")
+    assert "concat()" in query_error(repository, "select concat(i, 'x') from Image i")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "select i.details from Image i",
+        "select i.pixels from Image i",
+        "select p.physicalSizeX from Pixels p",
+        "select a.mapValue from MapAnnotation a",
+        "select sum(i.name) from Image i",
+        "select i.id from Image i where i.name > 5",
+        "select i.id from Image i where i.id / 0 = 1",
+    ],
+)
+def test_unusable_expressions_rejected(repository, text):
+    query_error(repository, text)
