@@ -45,7 +45,6 @@ import omero_cmd_FS_ice  # noqa: F401  (defines omero.cmd.UsedFilesResponse)
 import omero.sys
 import omero_ServerErrors_ice  # noqa: F401  (defines omero.ValidationException and friends)
 import omero.constants.permissions  # after omero.model: the other order fails in omero-py 5.23
-from omero.rtypes import rlong
 
 from omerofs.testserver import content, hql, manifest, schema
 from omerofs.testserver.manifest import Graph, ManifestError
