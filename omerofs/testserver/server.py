@@ -318,27 +318,19 @@ class TestServer:
 
         user_id = experimenter.id.val
         context = self.repository.event_context(user_id, None)
-        member_of = list(context.memberOfGroups)
-        group_id = self._group_from_context(user_id, ctx.get("omero.group", ""), member_of)
+        group_ids_by_name = {
+            self.repository.event_context(user_id, group_id).groupName: group_id
+            for group_id in context.memberOfGroups
+        }
+        requested = ctx.get("omero.group", "")
+        group_id = _requested_group(requested, group_ids_by_name)
         return self.sessions.create(
             user_id=user_id,
             user_name=context.userName,
             group_id=group_id if group_id is not None else context.groupId,
-            member_of_groups=member_of,
+            group_ids_by_name=group_ids_by_name,
             agent=ctx.get("omero.agent", ""),
         )
-
-    def _group_from_context(self, user_id: int, group: str, member_of: list[int]) -> int | None:
-        """Return the group a new session asks for by ID or name, if the user is in it."""
-        if not group:
-            return None
-        if group.lstrip("-").isdigit():
-            group_id = int(group)
-            return group_id if group_id in member_of else None
-        for group_id in member_of:
-            if self.repository.event_context(user_id, group_id).groupName == group:
-                return group_id
-        return None
 
     def find_group(self, group_id: int, user_id: int):
         """Return the loaded ExperimenterGroup `group_id` as `user_id` sees it, or None."""
@@ -352,3 +344,17 @@ class TestServer:
             factories = self._factories.pop(session.uuid, set())
         for factory in factories:
             factory.drop_services()
+
+
+def _requested_group(requested: str, group_ids_by_name: dict[str, int]) -> int | None:
+    """Return the group that `omero.group` at login names by ID or name, if the user is in it.
+
+    A user who asks for a group they are not in gets their default group, and the
+    first call that sends that group in its context then fails, as in OMERO.
+    """
+    if not requested:
+        return None
+    if requested.lstrip("-").isdigit():
+        group_id = int(requested)
+        return group_id if group_id in group_ids_by_name.values() else None
+    return group_ids_by_name.get(requested)

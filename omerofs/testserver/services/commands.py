@@ -62,9 +62,10 @@ class HandleI(Servant, omero.cmd.Handle):
 
     def _run(self) -> None:
         try:
-            response, failed = self._execute(), False
+            response = self._execute()
         except Exception as exc:  # noqa: BLE001 - every failure becomes an ERR response
-            response, failed = self._error_response(exc), True
+            response = self._error_response(exc)
+        failed = isinstance(response, omero.cmd.ERR)
 
         with self._lock:
             self._response = response
@@ -87,13 +88,7 @@ class HandleI(Servant, omero.cmd.Handle):
     def _used_files(self):
         # OMERO runs UsedFilesRequest in all of the user's groups.
         viewer = store.Viewer(self.factory.session.user_id, -1)
-        try:
-            response = self.factory.server.repository.used_files(self.request.imageId, viewer)
-        except (omero.ValidationException, omero.SecurityViolation, omero.ApiUsageException) as exc:
-            raise _RequestFailure("bad-image", exc.message or str(exc)) from exc
-        if isinstance(response, omero.cmd.ERR) and not response.category:
-            response.category = self.request.ice_id()
-        return response
+        return self.factory.server.repository.used_files(self.request.imageId, viewer)
 
     def _error_response(self, exc: Exception) -> omero.cmd.ERR:
         if isinstance(exc, _RequestFailure):

@@ -88,22 +88,21 @@ class ServiceFactoryI(Servant, omero.api.ServiceFactory):
     def group_for_call(self, current: Ice.Current) -> int:
         """Return the group a call acts in: `omero.group` from its context, else the session's.
 
-        -1 stands for all of the user's groups.
+        The context names the group by ID or by name, as BlitzGateway(group=...)
+        sends it; -1 stands for all of the user's groups.
         """
-        raw = (current.ctx or {}).get("omero.group", "") if current is not None else ""
-        if raw == "":
+        requested = (current.ctx or {}).get("omero.group", "") if current is not None else ""
+        if requested == "":
             return self.session.group_id
-        try:
-            group_id = int(raw)
-        except ValueError:
-            raise omero.ApiUsageException(
-                message=f"Invalid omero.group in the call context: {raw!r}"
-            ) from None
+        if requested.lstrip("-").isdigit():
+            group_id = int(requested)
+        else:
+            group_id = self.session.group_ids_by_name.get(requested)
         if group_id == -1:
             return -1
         if group_id not in self.session.member_of_groups:
             raise omero.SecurityViolation(
-                message=f"User {self.session.user_id} is not a member of group {group_id}"
+                message=f"User {self.session.user_id} is not a member of group {requested}"
             )
         return group_id
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 
-import omero
 import omero.api
 
 from .base import Servant, amd
@@ -35,16 +34,7 @@ class QueryService(Servant, omero.api.IQuery):
     @amd
     def findByQuery_async(self, query, params, current=None):
         log.debug("findByQuery %r", query)
-        rows = self._repository.query(query, params, self.factory.viewer(current))
-        if not rows:
-            return None
-        if len(rows) > 1:
-            # NOTE: OMERO passes Hibernate's "not unique" failure on; the exact
-            # exception class that reaches the client is not confirmed here.
-            raise omero.ValidationException(
-                message=f"query did not return a unique result: {len(rows)}"
-            )
-        return rows[0]
+        return self._repository.query_one(query, params, self.factory.viewer(current))
 
     @amd
     def projection_async(self, query, params, current=None):

@@ -42,6 +42,8 @@ class Session:
     user_name: str
     group_id: int
     member_of_groups: list[int]
+    # name -> ID of every group in member_of_groups
+    group_ids_by_name: dict[str, int]
     started_ms: int
     time_to_idle_ms: int
     agent: str = ""
@@ -71,7 +73,12 @@ class SessionRegistry:
         self.on_removed: Callable[[Session], None] = lambda session: None
 
     def create(
-        self, user_id: int, user_name: str, group_id: int, member_of_groups: list[int], agent: str
+        self,
+        user_id: int,
+        user_name: str,
+        group_id: int,
+        group_ids_by_name: dict[str, int],
+        agent: str,
     ) -> Session:
         with self._lock:
             session = Session(
@@ -80,7 +87,8 @@ class SessionRegistry:
                 user_id=user_id,
                 user_name=user_name,
                 group_id=group_id,
-                member_of_groups=list(member_of_groups),
+                member_of_groups=list(group_ids_by_name.values()),
+                group_ids_by_name=dict(group_ids_by_name),
                 started_ms=int(time.time() * 1000),
                 time_to_idle_ms=self.time_to_idle_ms,
                 agent=agent,
