@@ -19,8 +19,7 @@ import omero.sys
 from omero.rtypes import unwrap
 
 from .. import metarecords as mr
-from .. import records
-from .connection import RESTRICT_BINARY_ACCESS, Connection, _batches, _ids_param
+from .connection import Connection, _batches, _ids_param, original_file_record
 
 log = logging.getLogger(__name__)
 
@@ -204,29 +203,12 @@ def _annotation_record(obj, annotation_ids: tuple[int, ...]) -> mr.Annotation | 
     if kind == "FileAnnotation":
         original = _child(obj, "file")
         if original is not None and original.isLoaded():
-            file = _attachment_record(original)
+            file = original_file_record(original)
     return mr.Annotation(
         id=_id(obj), kind=kind, namespace=_text(obj, "ns"), description=_text(obj, "description"),
         name=_text(obj, "name"), value=value,
         map_value=_pairs(obj, "mapValue") if kind == "MapAnnotation" else (),
         file=file, annotation_ids=annotation_ids, owner_id=_details_id(obj, "owner"))
-
-
-def _attachment_record(obj) -> records.OriginalFile:
-    """Return the record of a file attachment's OriginalFile.
-
-    NOTE: this repeats ``connection._original_file_record``, which calls
-    ``PermissionsI.getExtendedRestrictions``, a method omero-py 5.23 does
-    not have; ``isRestricted`` reads the same extended restrictions.
-    """
-    hasher = _child(obj, "hasher")
-    permissions = obj._details._permissions if obj._details is not None else None
-    restricted = permissions is not None and bool(permissions.isRestricted(RESTRICT_BINARY_ACCESS))
-    return records.OriginalFile(
-        id=_id(obj), name=_text(obj, "name") or "", path=_text(obj, "path") or "", size=_int(obj, "size") or 0,
-        mtime=_seconds(obj, "mtime") or 0.0, hash=_text(obj, "hash"),
-        hasher=_get(hasher, "value") if hasher is not None and hasher.isLoaded() else None,
-        repo_uuid=_text(obj, "repo"), mimetype=_text(obj, "mimetype"), restricted=restricted)
 
 
 def _annotation_records(connection: Connection, objects: Iterable) -> dict[int, mr.Annotation]:
