@@ -149,9 +149,12 @@ def run(options: MountOptions, ready: Callable[[str | None], None]) -> int:
     connection = None
     cache = None
     mounted = False
-    registration = registration_path(options.mountpoint)
+    # Resolve the path before mounting: afterwards, resolving it is a FUSE
+    # request that nobody answers until the main loop runs.
+    mountpoint = os.path.realpath(options.mountpoint)
+    registration = registration_path(mountpoint)
     try:
-        check_mountpoint(options.mountpoint)
+        check_mountpoint(mountpoint)
         cache = BlockCache(Path(options.cache_dir), size_limit=options.cache_size)
         connection = _connect(options)
         server = _server_identity(options, cache, connection)
@@ -166,14 +169,14 @@ def run(options: MountOptions, ready: Callable[[str | None], None]) -> int:
         fuse_options.update({"fsname=omerofs", "subtype=omerofs", "ro"})
         if options.allow_other:
             fuse_options.add("allow_other")
-        pyfuse3.init(operations, options.mountpoint, fuse_options)
+        pyfuse3.init(operations, mountpoint, fuse_options)
         mounted = True
         _write_registration(registration, {
-            "pid": os.getpid(), "mountpoint": os.path.realpath(options.mountpoint), "server": options.server,
+            "pid": os.getpid(), "mountpoint": mountpoint, "server": options.server,
             "port": options.port, "cache_dir": options.cache_dir, "offline": connection is None,
             "log_file": options.log_file, "started": time.time(),
         })
-        log.info("mounted %s at %s (%s)", options.server, options.mountpoint,
+        log.info("mounted %s at %s (%s)", options.server, mountpoint,
                  "offline" if connection is None else "online")
         ready(None)
         trio.run(_serve, operations, fetcher, catalog, registration)
@@ -189,7 +192,7 @@ def run(options: MountOptions, ready: Callable[[str | None], None]) -> int:
     finally:
         if mounted:
             pyfuse3.close(unmount=True)
-            log.info("unmounted %s", options.mountpoint)
+            log.info("unmounted %s", mountpoint)
         registration.unlink(missing_ok=True)
         if connection is not None:
             connection.close()
@@ -239,6 +242,8 @@ def configure_logging(log_file: str | None, debug: bool) -> None:
     package = logging.getLogger("omerofs")
     package.addHandler(handler)
     package.setLevel(logging.DEBUG if debug else logging.INFO)
+    # omero-py configures the root logger; without this every line appears twice.
+    package.propagate = False
 
 
 def _daemon_main() -> int:

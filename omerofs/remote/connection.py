@@ -491,8 +491,12 @@ class Connection:
             client = self._client
             request = omero.cmd.UsedFilesRequest(imageId=image_id)
             handle = session.submit(request, self._context)
-            return client.waitOnCmd(handle, loops=60, ms=500, failonerror=False,
-                                    failontimeout=True, closehandle=True)
+            callback = client.waitOnCmd(handle, loops=60, ms=500, failonerror=False,
+                                        failontimeout=True, closehandle=True)
+            try:
+                return callback.getResponse()
+            finally:
+                callback.close(True)
 
         response = self._call(f"Asking which files image {image_id} uses", run)
         if isinstance(response, omero.cmd.ERR):
