@@ -233,7 +233,7 @@ def annotations(connection: Connection, annotation_ids: Sequence[int]) -> dict[i
     return _annotation_records(connection, rows)
 
 
-# Classes whose annotations the mount shows, with their link class.
+# Classes whose annotation links ``linked_annotations`` reads, with their link class.
 ANNOTATED_KINDS = {
     "Image": "ImageAnnotationLink",
     "Roi": "RoiAnnotationLink",
