@@ -131,9 +131,14 @@ def _quantity(name: str, quantity: mr.Quantity | None) -> dict:
 
 
 def _time(seconds: float | None) -> datetime.datetime | None:
+    """Return a UTC time, or None for None and for times outside years 1 to 9999."""
     if seconds is None:
         return None
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    try:
+        return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        log.debug("leaving out the time %r s, which Python's datetime cannot hold", seconds)
+        return None
 
 
 def _color(value: int | None):
@@ -435,7 +440,8 @@ def _annotation(annotation: mr.Annotation, known_annotation: Callable[[int], boo
     elif kind == "BooleanAnnotation":
         fields["value"] = bool(value)
     elif kind == "TimestampAnnotation":
-        fields["value"] = _time(float(value) if value is not None else 0.0)
+        # OME-XML requires a value; a time out of range reads as the epoch.
+        fields["value"] = _time(float(value) if value is not None else 0.0) or _time(0.0)
     elif kind == "MapAnnotation":
         fields["value"] = _map(annotation.map_value)
     elif kind == "FileAnnotation":
@@ -563,7 +569,8 @@ def _plate(record: mr.Plate, image_ids: set[int]):
             if sample.plate_acquisition_id is not None:
                 kept_samples.setdefault(sample.plate_acquisition_id, []).append(sample.id)
         if samples:
-            wells.append(_build(ome.Well, id=ome_id("Well", well.id), row=well.row, column=well.column,
+            wells.append(_build(ome.Well, id=ome_id("Well", well.id), row=max(well.row, 0),
+                                column=max(well.column, 0),
                                 color=_color(well.color), type=clean_text(well.type),
                                 external_description=clean_text(well.external_description),
                                 external_identifier=clean_text(well.external_identifier), well_samples=samples))

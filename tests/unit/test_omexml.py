@@ -489,3 +489,20 @@ def test_image_element_equals_export_image():
     bare = ET.fromstring(omexml.image_element(rich_image()))
     exported = ET.fromstring(export()).find(NS + "Image")
     assert strip(bare) == strip(exported)
+
+
+def test_extreme_numbers_and_times_stay_valid(schema):
+    annotations = {
+        1: mr.Annotation(1, "DoubleAnnotation", value=float("nan")),
+        2: mr.Annotation(2, "DoubleAnnotation", value=float("-inf")),
+        3: mr.Annotation(3, "TimestampAnnotation", value=1e15),
+        4: mr.Annotation(4, "LongAnnotation", value=-(2 ** 63)),
+    }
+    image = mr.ImageMetadata(1, "x", annotation_ids=(1, 2, 3, 4), acquisition_date=-1e13)
+    data = omexml.export_document(image, annotations)
+    assert errors(schema, data) == []
+    root = ET.fromstring(data)
+    values = {a.get("ID"): a.find(NS + "Value").text for a in root.find(NS + "StructuredAnnotations")}
+    assert values == {"Annotation:1": "NaN", "Annotation:2": "-INF", "Annotation:3": "1970-01-01T00:00:00Z",
+                      "Annotation:4": str(-(2 ** 63))}
+    assert root.find(f"{NS}Image/{NS}AcquisitionDate") is None
