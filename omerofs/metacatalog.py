@@ -66,6 +66,10 @@ class MetaCatalog:
         self._inflight: dict[tuple[str, int], trio.Event] = {}
         self._neighbourhoods: dict[str, dict[int, tuple[int, ...]]] = {}
         self._documents: OrderedDict[tuple, tuple[object, bytes]] = OrderedDict()
+        # One render at a time: rendering holds the GIL anyway, and omexml
+        # silences ome-types' warnings with warnings.catch_warnings, which
+        # is not thread-safe.
+        self._render_limiter = trio.CapacityLimiter(1)
 
     @classmethod
     def of(cls, catalog: Catalog, queries=None) -> "MetaCatalog":
@@ -381,7 +385,7 @@ class MetaCatalog:
         if cached is not None and cached[0] == record:
             self._documents.move_to_end(key)
             return cached[1]
-        content = await trio.to_thread.run_sync(render, *args)
+        content = await trio.to_thread.run_sync(render, *args, limiter=self._render_limiter)
         self._documents[key] = (record, content)
         self._documents.move_to_end(key)
         while len(self._documents) > MAX_DOCUMENTS:
