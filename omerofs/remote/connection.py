@@ -147,13 +147,24 @@ def stored_session_key(address: ServerAddress, user: str | None) -> str | None:
     from omero.util.sessions import SessionsStore
 
     store = SessionsStore(directory)
+    # `omero login -s tcp://HOST:PORT` stores the host as "tcp://HOST" and the
+    # port in the session's properties.
+    hosts = [address.host]
+    if "://" in address.host:
+        hosts.append(address.host.rsplit(":", 1)[0])
     last_host, last_user, last_uuid, _ = store.get_current()
-    if last_host == address.host and last_uuid and (user is None or user == last_user):
-        return last_uuid
-    if user is None:
-        return None
-    available = store.available(address.host, user)
-    return available[0] if available else None
+    for host in hosts:
+        users = [user] if user else [last_user] if last_host == host and last_user else []
+        for name in users:
+            keys = store.available(host, name)
+            if host == last_host and name == last_user and last_uuid in keys:
+                keys.remove(last_uuid)
+                keys.insert(0, last_uuid)
+            for key in keys:
+                port = store.get(host, name, key).get("omero.port")
+                if port is None or int(port) == address.port:
+                    return key
+    return None
 
 
 def _translate(error: Exception, what: str) -> RemoteError:

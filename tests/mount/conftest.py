@@ -88,3 +88,33 @@ def private_image_ids(sample_server):
     private = sorted(alice - bob)
     assert private, "the sample repository has no image that only alice can read"
     return private
+
+
+@pytest.fixture
+def omero_login_dir(sample_server, tmp_path):
+    """A session directory in which the unmodified `omero login` stored a session for alice.
+
+    `omero` refuses to run as root, so it runs as an unprivileged user.
+    """
+    import pwd
+    import subprocess
+    import sys
+
+    user = "omerofs-test"
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--create-home", user], check=True)
+    home = tmp_path / "omero-home"
+    home.mkdir()
+    entry = pwd.getpwnam(user)
+    os.chown(home, entry.pw_uid, entry.pw_gid)
+    for directory in [tmp_path, *tmp_path.parents]:
+        os.chmod(directory, os.stat(directory).st_mode | 0o001)
+    omero = Path(sys.executable).parent / "omero"
+    result = subprocess.run(
+        ["runuser", "-u", user, "--", "env", "-i", f"HOME={home}", f"OMERO_SESSIONDIR={home}/sessions",
+         f"PATH={omero.parent}:/usr/bin:/bin", str(omero), "login", "-s", sample_server.host, "-u", "alice",
+         "-w", "omero"], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return home / "sessions"

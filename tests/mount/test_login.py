@@ -1,0 +1,75 @@
+"""Logging in: session keys, sessions stored by `omero login`, and secrets kept out of sight."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from support import start_server
+
+
+def new_session_key(server, user="alice", password="omero") -> str:
+    """Create a session with omero-py and leave it open, as a user's other tool would."""
+    import omero.clients
+
+    client = omero.client(host=server.host, port=server.port)
+    client.createSession(user, password)
+    key = client.getSessionId()
+    client.getSession().detachOnDestroy()
+    client.closeSession()
+    return key
+
+
+def test_mount_with_session_key(sample_server, mounter):
+    key = new_session_key(sample_server)
+    mount = mounter(sample_server, "-k", key, user=None, password=None)
+    assert os.listdir(mount.path / "Image")
+
+
+def test_invalid_session_key_is_login_error(sample_server, mounter):
+    mount = mounter(sample_server, "-k", "00000000-0000-0000-0000-000000000000", user=None, password=None,
+                    check=False)
+    assert mount.result.returncode == 3
+    assert "Traceback" not in mount.result.stderr
+
+
+def test_mount_reuses_omero_login_session(sample_server, mounter, omero_login_dir):
+    mount = mounter(sample_server, user="alice", password=None,
+                    extra_env={"OMERO_SESSIONDIR": str(omero_login_dir)})
+    assert os.listdir(mount.path / "Image")
+
+
+def test_no_password_without_tty_is_usage_error(sample_server, mounter):
+    mount = mounter(sample_server, password=None, check=False)
+    assert mount.result.returncode == 2
+    assert "OMERO_PASSWORD" in mount.result.stderr
+
+
+def test_password_stays_out_of_ps_environment_and_log(mounter, tmp_path):
+    password = "Zq7-unusual-Secret"
+    manifest = tmp_path / "manifest.json"
+    subprocess.run([os.sys.executable, "-m", "omerofs.testserver.generate", str(tmp_path / "repo"), "--images", "3",
+                    "--big-files", "0"], check=True, capture_output=True)
+    content = json.loads((tmp_path / "repo" / "manifest.yaml").read_text())
+    for user in content["users"]:
+        user["password"] = password
+    manifest.write_text(json.dumps(content))
+    (tmp_path / "repo" / "manifest.yaml").write_text(json.dumps(content))
+
+    server = start_server(["--data", str(tmp_path / "repo" / "manifest.yaml")], tmp_path)
+    try:
+        mount = mounter(server, password=password, extra_env={"OMEROFS_TEST_MARK": "1"})
+        assert os.listdir(mount.path / "Image")
+        processes = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
+        assert password not in processes
+        environment = Path(f"/proc/{mount.pid}/environ").read_bytes()
+        assert password.encode() not in environment
+        assert b"OMEROFS_TEST_MARK" in environment
+        cache_files = [p for p in mount.cache_dir.rglob("*") if p.is_file()]
+        assert cache_files
+        for path in cache_files:
+            assert password.encode() not in path.read_bytes(), path
+    finally:
+        server.stop()
