@@ -85,6 +85,12 @@ class Catalog:
             if isinstance(fileset, records.Fileset):
                 self._add_fileset(fileset)
 
+    async def _server(self, what: str, method: str, *args):
+        """Call ``Connection.<method>(*args)`` in a worker thread; OfflineError when offline."""
+        if self.connection is None:
+            raise OfflineError(f"{what}: the mount is offline")
+        return await self._remote(what, getattr(self.connection, method), *args)
+
     async def _remote(self, what: str, function: Callable[..., T], *args) -> T:
         if self.connection is None:
             raise OfflineError(f"{what}: the mount is offline")
@@ -149,15 +155,15 @@ class Catalog:
             return sorted(set(listed) | set(self.pinned_image_ids()))
         image_ids = []
         while True:
-            page = await self._remote("Listing images", self.connection.image_ids, len(image_ids), LIST_PAGE)
+            page = await self._server("Listing images", "image_ids", len(image_ids), LIST_PAGE)
             image_ids.extend(page)
             if len(page) < LIST_PAGE:
                 return image_ids
 
     async def target_image_ids(self, target: records.ImageTarget) -> list[int]:
         """Return the IDs of the images under a target, from the server or the cache."""
-        return await self._cached(self._record_key("target", target), lambda: self._remote(
-            f"Resolving {target}", self.connection.target_image_ids, target), self.ttl)
+        return await self._cached(self._record_key("target", target), lambda: self._server(
+            f"Resolving {target}", "target_image_ids", target), self.ttl)
 
     def pinned_image_ids(self) -> list[int]:
         """Return the images of every pin of this server: what an offline mount lists."""
@@ -191,7 +197,7 @@ class Catalog:
             return found
 
         try:
-            loaded = await self._remote(f"Reading {len(missing)} images", self.connection.images, missing)
+            loaded = await self._server(f"Reading {len(missing)} images", "images", missing)
         except (OfflineError, ServerUnavailable):
             for image_id in missing:
                 persisted = self.cache.get_record(self._record_key("image", image_id))
@@ -248,7 +254,7 @@ class Catalog:
         wanted = sorted({i for i in fileset_ids if i not in self._filesets})
         if not wanted:
             return True
-        loaded = await self._remote(f"Reading {len(wanted)} filesets", self.connection.filesets, wanted)
+        loaded = await self._server(f"Reading {len(wanted)} filesets", "filesets", wanted)
         for fileset in loaded.values():
             self.cache.set_record(self._record_key("fileset", fileset.id), fileset)
             self._add_fileset(fileset)
@@ -272,7 +278,7 @@ class Catalog:
         return await self._cached(self._record_key("repositories", "all"), self._load_repositories, self.ttl)
 
     async def _load_repositories(self) -> list[records.Repository]:
-        return await self._remote("Listing repositories", self.connection.repositories)
+        return await self._server("Listing repositories", "repositories")
 
     async def repository(self, repository_id: int) -> records.Repository | None:
         for repository in await self.repositories():
@@ -301,7 +307,7 @@ class Catalog:
             return file
 
         async def load():
-            found = await self._remote(f"Reading OriginalFile {file_id}", self.connection.original_files, [file_id])
+            found = await self._server(f"Reading OriginalFile {file_id}", "original_files", [file_id])
             return found.get(file_id)
 
         try:

@@ -315,6 +315,13 @@ COMMANDS = {"mount": command_mount, "umount": command_umount, "pin": command_pin
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not (args.command == "mount" and args.foreground):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("omerofs: %(levelname)s: %(message)s"))
+        package = logging.getLogger("omerofs")
+        package.addHandler(handler)
+        package.setLevel(logging.WARNING)
+        package.propagate = False
     try:
         return COMMANDS[args.command](args)
     except OmerofsError as error:
