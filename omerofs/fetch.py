@@ -294,16 +294,20 @@ class Fetcher:
                 await self._fetch(file, index, pinned=True)
             progress(self._block_length(file, index), local)
 
-        async with trio.open_nursery() as nursery:
-            for index in range(self.block_count(file)):
-                nursery.start_soon(pin_block, index)
-
+        # The pin checks the file itself; a background check racing it could
+        # drop the blocks between the two.
+        self._verifying.add(file.id)
         try:
+            async with trio.open_nursery() as nursery:
+                for index in range(self.block_count(file)):
+                    nursery.start_soon(pin_block, index)
             complete = await trio.to_thread.run_sync(self.verify, file, limiter=self._limiter)
         except IntegrityError:
             for index in range(self.block_count(file)):
                 self._memory_drop(file.id, index)
             raise
+        finally:
+            self._verifying.discard(file.id)
         if not complete:
             raise ServerFailure(f"OriginalFile {file.id} ({file.name}) lost blocks while it was pinned; run pin again")
         self.cache.set_record(self._pinned_key(file), file.hash or "")

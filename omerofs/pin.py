@@ -51,6 +51,8 @@ class PinSummary:
     failed: list[dict] = field(default_factory=list)
     restricted: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    # Every OriginalFile the targets cover, pinned or not.
+    file_ids: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -189,6 +191,7 @@ async def run_pin(connection, cache: BlockCache, server: str, targets: Sequence[
         by_target = await collect_files(catalog, targets)
         unique = {f.id: f for files in by_target.values() for f in files}
         files = [unique[i] for i in sorted(unique)]
+        summary.file_ids = sorted(unique)
         progress = Progress(len(files), sum(f.size for f in files), progress_stream)
         await pin_files(fetcher, files, progress, summary)
         progress.finish()
@@ -229,7 +232,7 @@ def summary_text(summary: PinSummary) -> str:
         lines.extend(f"  OriginalFile {f['id']}: {f['name']}" for f in summary.restricted)
     if summary.failed:
         lines.append(f"{len(summary.failed)} files failed:")
-        lines.extend(f"  OriginalFile {f['id']}: {f['name']}: {f['error']}" for f in summary.failed)
+        lines.extend(f"  {f['error']}" for f in summary.failed)
     return "\n".join(lines)
 
 

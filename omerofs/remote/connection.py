@@ -475,7 +475,7 @@ class Connection:
         for batch in _batches(sorted(set(fileset_ids))):
             rows = self._query(
                 f"Reading the files of {len(batch)} filesets",
-                "select fse from FilesetEntry fse join fetch fse.originalFile "
+                "select fse from FilesetEntry fse join fetch fse.originalFile f left outer join fetch f.hasher "
                 "where fse.fileset.id in (:ids) order by fse.id",
                 _ids_param("ids", batch))
             for entry in rows:
@@ -527,7 +527,8 @@ class Connection:
         found = {}
         for batch in _batches(sorted(set(file_ids))):
             rows = self._query(f"Reading {len(batch)} original files",
-                               "select o from OriginalFile o where o.id in (:ids)", _ids_param("ids", batch))
+                               "select o from OriginalFile o left outer join fetch o.hasher where o.id in (:ids)",
+                               _ids_param("ids", batch))
             for obj in rows:
                 record = original_file_record(obj)
                 found[record.id] = record

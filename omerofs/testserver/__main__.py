@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", type=Path, metavar="MANIFEST",
         help="serve the repository that this manifest file (or directory with manifest.yaml) describes",
     )
+
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one (default 0)")
     parser.add_argument(
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--session-timeout", type=float, default=600.0, metavar="SECONDS",
         help="seconds a session may stay idle before it expires (default 600)",
     )
+
     parser.add_argument(
         "--latency-ms", type=float, default=0.0, metavar="MS",
         help="delay added to every call, in milliseconds (default 0)",
@@ -69,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="set a fault knob at start, e.g. drop_after_reads=3, corrupt_reads, "
         "refuse_connections (may be repeated)",
     )
+
     parser.add_argument(
         "--log-level", default="INFO", help="logging level on stderr (default INFO)"
     )
@@ -89,9 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     from .server import ServerConfig, TestServer
 
     manifest = SAMPLE_MANIFEST if args.sample else args.data
-    if manifest.is_dir():
-        manifest = manifest / "manifest.yaml"
-    repository = store.Repository.load(manifest)
+    try:
+        repository = store.Repository.load(manifest)
+    except (store.ManifestError, OSError) as exc:
+        print(f"error: cannot load the manifest {manifest}: {exc}", file=sys.stderr)
+        return 2
 
     knobs = Knobs()
     counters = Counters()
@@ -111,10 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
-    port = server.start()
+    try:
+        port = server.start()
+    except Exception as exc:  # noqa: BLE001 - Ice reports a busy port as Ice.SocketException
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
     try:
         if args.control_port is not None:
-            control = ControlServer(knobs, counters, port=args.control_port)
+            try:
+                control = ControlServer(knobs, counters, port=args.control_port)
+            except OSError as exc:
+                print(f"error: cannot listen on control port {args.control_port}: {exc}", file=sys.stderr)
+                return 1
             control.start()
         print(f"listening on tcp://{args.host}:{port}", flush=True)
         # wait() with a timeout lets the signal handlers run promptly.

@@ -13,10 +13,11 @@ Knobs (all off by default):
     latency_ms          delay added to every call before the server handles it
     bandwidth           bytes per second shared by all `RawFileStore.read` replies,
                         or null for no limit
-    drop_after_reads    close the connection at the read after this many more
-                        successful reads, or null; one-shot, it resets to null
-    fail_next_read      the next `RawFileStore.read` raises `omero.ResourceError`;
-                        one-shot, it resets to false
+    drop_after_reads    after this many more successful reads, the next read
+                        closes its connection; null for never. It resets to
+                        null once it fires.
+    fail_next_read      the next `RawFileStore.read` raises `omero.ResourceError`.
+                        It resets to false once it fires.
     corrupt_reads       every read reply has its first byte inverted, so it no
                         longer matches the file's checksum
     expire_sessions     expires every open session now; an action, so it always

@@ -10,8 +10,8 @@ place that
   exist, under the interface they had),
 - adds the configured latency,
 - closes new connections while `refuse_connections` is set,
-- answers calls on services of an ended session with
-  `Ice.ObjectNotExistException`, as OMERO does once it has reaped a session,
+- raises `Ice.ObjectNotExistException` for calls on services of an ended
+  session, as OMERO does once it has reaped a session,
 - and marks the session as used, which keeps it from expiring.
 
 Threads: Ice dispatches calls on its server thread pool (up to
@@ -333,7 +333,7 @@ class TestServer:
         )
 
     def find_group(self, group_id: int, user_id: int):
-        """Return the loaded ExperimenterGroup `group_id` as `user_id` sees it, or None."""
+        """Return the loaded ExperimenterGroup `group_id` as `user_id` may read it, or None."""
         try:
             return self.repository.get("ExperimenterGroup", group_id, store.Viewer(user_id, -1))
         except omero.ServerError:

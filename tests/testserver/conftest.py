@@ -219,7 +219,7 @@ def _make_traversable(path: Path) -> None:
 
 @pytest.fixture(scope="session")
 def cli_user():
-    """The user that runs `omero`: the unprivileged test user as root, else nobody special."""
+    """The user that runs `omero`: the unprivileged test user as root, or None when not root."""
     if os.geteuid() != 0:
         return None
     return _ensure_cli_user()
@@ -236,7 +236,7 @@ def omero_cli(cli_user):
     shutil.rmtree(home, ignore_errors=True)
 
 
-# What the manifest says, read straight from its YAML
+# Expected objects, read straight from the manifest's YAML
 
 
 class ManifestView:

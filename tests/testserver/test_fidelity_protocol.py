@@ -38,9 +38,9 @@ def joined(server, key):
 def close_quietly(client):
     """Close a client whose login may have failed.
 
-    After a failed login Glacier2 answers destroySession with
-    SessionNotExistException, which omero-py's closeSession does not catch (its
-    `except` names a different class of the same name); `__del__` ignores it.
+    After a failed login, Glacier2's destroySession raises
+    SessionNotExistException. omero-py's closeSession does not catch it because
+    its `except` names a different class of the same name, but `__del__` does.
     """
     client.__del__()
 

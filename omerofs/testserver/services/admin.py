@@ -1,7 +1,7 @@
 """IAdmin and IConfig: who the caller is, and the server's settings.
 
 Only the read operations that omero-py's BlitzGateway and `omero` command line
-use are implemented; the test server is read-only, so every operation that
+use are implemented. The test server is read-only, so every operation that
 changes users, groups or settings raises `Ice.OperationNotExistException`.
 """
 
@@ -216,7 +216,7 @@ class ConfigService(Servant, omero.api.IConfig):
 
     @amd
     def getConfigValue_async(self, key, current=None):
-        # OMERO answers an unset key with an empty string.
+        # OMERO returns an empty string for a key that is not set.
         return self._values().get(key, "")
 
     @amd

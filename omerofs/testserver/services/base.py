@@ -3,7 +3,7 @@
 Ice calls an operation that the Slice definition marks `["amd"]` as
 `<operation>_async(callback, *arguments, current)` and never calls a plain method
 of that name. The `amd` decorator lets a servant write such an operation as an
-ordinary method that returns its result or raises, and answers the callback for it.
+ordinary method that returns its result or raises, and passes either to the callback.
 
 Exceptions: OMERO's servers answer every failure that is not an Ice exception with
 an `omero.ServerError` subclass. `as_server_error` turns an unexpected Python
@@ -86,8 +86,8 @@ class Servant:
     """Mixin for every servant class of the test server.
 
     slice2py generates a body of `pass` for each operation. An AMD operation left
-    like that never answers, so its client waits for ever, and a synchronous one
-    answers null. For every operation that a subclass does not implement, this
+    like that never replies, so its client waits for ever, and a synchronous one
+    returns null. For every operation that a subclass does not implement, this
     mixin installs a method that raises `Ice.OperationNotExistException` (the
     client sees that exception) and logs a warning naming the operation.
     """

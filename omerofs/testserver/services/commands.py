@@ -5,7 +5,7 @@ polls `Handle.getResponse` once and otherwise waits for `CmdCallback.finished`.
 The server calls that callback over the connection the client used for
 `Handle.addCallback`, the way Glacier2 forwards callbacks, because the callback's
 proxy names the router's endpoint and not the client's. A callback added after
-the request has finished is told at once.
+the request has finished is notified at once.
 
 Failures follow OMERO's `omero.cmd.Helper`: the response is an `omero.cmd.ERR`
 whose category is the request's Slice type ID, whose name says what failed
@@ -30,7 +30,8 @@ from .base import Servant
 
 log = logging.getLogger(__name__)
 
-# Requests run one at a time per server; the ones this server knows are quick.
+# Two worker threads are enough because the requests this server handles finish
+# in milliseconds.
 _executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="testserver-cmd")
 
 
@@ -144,8 +145,8 @@ class HandleI(Servant, omero.cmd.Handle):
             return self._status
 
     def cancel(self, current=None):
-        # The requests the server knows finish almost at once; OMERO returns false
-        # when a request can no longer be cancelled.
+        # The requests this server handles finish almost at once, and OMERO returns
+        # false when a request can no longer be cancelled.
         return False
 
     def close(self, current=None):

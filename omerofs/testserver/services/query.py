@@ -1,4 +1,4 @@
-"""IQuery: HQL queries and look-ups by ID, answered from the repository.
+"""IQuery: HQL queries and look-ups by ID, served from the repository.
 
 Every call sees the repository as the caller does: the caller's user and the
 group from the call's `omero.group` context entry (-1 for all of the user's

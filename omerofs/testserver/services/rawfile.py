@@ -5,7 +5,7 @@ Behaviour copied from OMERO 5's RawFileBean and RepoRawFileStoreI:
 - Every operation before `setFileId` raises `omero.ApiUsageException`.
 - `setFileId` of a file the caller cannot see raises what `IQuery.get` raises.
   The binary-access restriction is checked at `read`, which then raises
-  `omero.SecurityViolation`; `size` still answers.
+  `omero.SecurityViolation`, while `size` still works.
 - `read(position, length)` always returns `length` bytes: bytes past the end of
   the file are zeros, because OMERO fills a zeroed array of that length from the
   file. A length over 64,000,000 raises `omero.ApiUsageException("Too big: N")`.

@@ -1,7 +1,7 @@
 """The Glacier2 router that every omero-py client talks to first.
 
 A real OMERO server puts Glacier2 between clients and the server. The test server
-answers the router's operations itself and is its own back end:
+implements the router's operations itself and is its own back end:
 
 - `getClientProxy` returns a proxy on the server's own endpoint, so the client
   sends every routed call over the same connection and the call arrives with its
@@ -30,7 +30,7 @@ ROUTER_IDENTITY = Ice.Identity("router", "OMERO.Glacier2")
 
 
 class _ConnectionState:
-    """What the router keeps for one client connection."""
+    """The router's state for one client connection."""
 
     def __init__(self) -> None:
         self.category = str(uuid_module.uuid4())

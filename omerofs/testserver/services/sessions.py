@@ -1,12 +1,12 @@
 """OMERO sessions: their life cycle, reference counts and the ISession service.
 
 A session outlives the connections that use it. `createSession` with a password
-starts one with a reference count of 1, joining it by its key adds 1, and a
-service factory gives its reference back when it is destroyed: "closing" removes
-the session once the count falls below 1, "detaching" never removes it. Apart from
-that a session ends when it has been idle for longer than its `timeToIdle` or when
-`ISession.closeSession` drops the last reference. These are the rules of OMERO 5's
-`SessionManagerImpl`.
+starts one with a reference count of 1, and joining it by its key adds 1. A
+service factory gives its reference back when it is destroyed. "Closing" removes
+the session once the count falls below 1, while "detaching" never removes it.
+A session also ends when it has been idle for longer than its `timeToIdle`, or
+when `ISession.closeSession` drops the last reference. These are the rules of
+OMERO 5's `SessionManagerImpl`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SharedResources: the repositories that omero-py's download path asks for."""
+"""SharedResources: the repository descriptions that omero-py requests."""
 
 from __future__ import annotations
 

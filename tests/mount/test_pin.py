@@ -1,0 +1,262 @@
+"""pin, unpin, status and offline mounts over one cache."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import projection
+from support import OMEROFS, showinf, source_files, start_server
+
+
+def run_omerofs(*args, cache_dir, runtime, password="omero", timeout=300):
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime), OMERO_SESSIONDIR=str(runtime / "no-sessions"))
+    if password is not None:
+        env["OMERO_PASSWORD"] = password
+    return subprocess.run([OMEROFS, *args, "--cache-dir", str(cache_dir)], env=env, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def pin(server, *targets, cache_dir, runtime, extra=()):
+    return run_omerofs("pin", *targets, "-s", server.host, "-u", "alice", *extra, cache_dir=cache_dir,
+                       runtime=runtime)
+
+
+def dataset_ids(server):
+    return projection(server, "alice", "select d.id from Dataset d")
+
+
+def links_below(directory: Path) -> list[Path]:
+    found = []
+    for root, directories, files in os.walk(directory):
+        found.extend(Path(root) / name for name in directories + files if (Path(root) / name).is_symlink())
+    return sorted(found)
+
+
+@pytest.fixture
+def own_server(tmp_path):
+    """A server of this test's own, so that stopping it or setting knobs affects no other test."""
+    server = start_server(["--sample"], tmp_path)
+    yield server
+    server.stop()
+
+
+def test_pinned_dataset_works_offline(own_server, mounter, tmp_path, runtime_dir):
+    cache_dir = tmp_path / "cache"
+    dataset = dataset_ids(own_server)[0]
+    result = pin(own_server, f"Dataset:{dataset}", "--json", cache_dir=cache_dir, runtime=runtime_dir)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["files"] > 0
+    assert summary["failed"] == []
+    image_ids = projection(own_server, "alice",
+                           f"select l.child.id from DatasetImageLink l where l.parent.id = {dataset}")
+    own_server.stop()
+
+    mount = mounter(own_server, "--offline", server_args=["-s", own_server.host])
+    listed = sorted(int(name) for name in os.listdir(mount.path / "Image"))
+    assert listed == image_ids
+    sources = source_files()
+    files = set()
+    for image_id in listed:
+        image_dir = mount.path / "Image" / str(image_id)
+        for link in links_below(image_dir / "Binary") + links_below(image_dir / "Companion"):
+            real = os.path.realpath(link)
+            relative = Path(real).relative_to(mount.path / "Repository")
+            source = sources["/".join(relative.parts[1:])]
+            assert subprocess.run(["cmp", real, str(source)]).returncode == 0
+            files.add(real)
+        top_level = sorted(p for p in (mount.path / "Image" / str(image_id) / "Binary").iterdir() if p.is_symlink())
+        if top_level:
+            report = showinf(os.path.realpath(top_level[0]))
+            assert report.returncode == 0, report.stdout[-2000:]
+    assert len(files) == summary["files"]
+
+
+def test_offline_read_of_unpinned_file_fails_at_once(own_server, mounter, tmp_path, runtime_dir):
+    cache_dir = tmp_path / "cache"
+    datasets = dataset_ids(own_server)
+    assert pin(own_server, f"Dataset:{datasets[0]}", cache_dir=cache_dir, runtime=runtime_dir).returncode == 0
+    # An online mount lists everything, so the offline mount knows the other images too.
+    online = mounter(own_server, cache_dir=cache_dir)
+    other = projection(own_server, "alice",
+                       f"select l.child.id from DatasetImageLink l where l.parent.id = {datasets[1]}")
+    for image_id in other:
+        os.listdir(online.path / "Image" / str(image_id) / "Binary")
+    online.unmount()
+    own_server.stop()
+
+    mount = mounter(own_server, "--offline", cache_dir=cache_dir, server_args=["-s", own_server.host])
+    pinned = set(int(n) for n in os.listdir(mount.path / "Image"))
+    unpinned = [i for i in other if i not in pinned]
+    assert unpinned
+    link = links_below(mount.path / "Image" / str(unpinned[0]) / "Binary")[0]
+    started = time.monotonic()
+    with pytest.raises(OSError):
+        Path(os.path.realpath(link)).read_bytes()
+    assert time.monotonic() - started < 5
+
+
+def test_pin_resumes_after_kill_and_fetches_nothing_twice(own_server, tmp_path, runtime_dir):
+    cache_dir = tmp_path / "cache"
+    target = f"Dataset:{dataset_ids(own_server)[0]}"
+    control = own_server.control
+    control.set(bandwidth=512 * 1024)
+    control.reset()
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime_dir), OMERO_PASSWORD="omero")
+    process = subprocess.Popen([OMEROFS, "pin", target, "-s", own_server.host, "-u", "alice", "--cache-dir",
+                                str(cache_dir)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Long enough to log in and store some blocks, short of the whole pin at 512 KiB/s.
+    time.sleep(3.0)
+    assert process.poll() is None, "pin finished before it could be interrupted; lower the bandwidth"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert control.counters().get("RawFileStore.read", 0) > 0
+
+    control.set(bandwidth=None)
+    control.reset()
+    # Blocks the killed pin stored stay; blocks it was still downloading are lost.
+    sizes = dict(zip(*file_sizes_by_id(own_server, target)))
+    stored = stored_blocks(cache_dir, own_server, sizes)
+    assert 0 < stored < sum(block_count(size) for size in sizes.values())
+    result = pin(own_server, target, "--json", cache_dir=cache_dir, runtime=runtime_dir)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["failed"] == []
+    assert sorted(summary["file_ids"]) == sorted(sizes)
+    reads = control.counters().get("RawFileStore.read", 0)
+    assert reads + stored == sum(block_count(size) for size in sizes.values())
+
+    again = json.loads(pin(own_server, target, "--json", cache_dir=cache_dir, runtime=runtime_dir).stdout)
+    assert again["already_local_files"] == again["files"]
+    assert control.counters().get("RawFileStore.read", 0) == reads
+
+
+BLOCK = 1024 * 1024
+
+
+def block_count(size: int) -> int:
+    return -(-size // BLOCK)
+
+
+def file_sizes_by_id(server, target: str) -> tuple[list[int], list[int]]:
+    """IDs and sizes of every original file of the images in a ``Dataset:N`` target."""
+    import omero.clients
+    from omero.rtypes import unwrap
+
+    dataset = int(target.split(":")[1])
+    client = omero.client(host=server.host, port=server.port)
+    try:
+        query = client.createSession("alice", "omero").getQueryService()
+        context = {"omero.group": "-1"}
+        filesets = {unwrap(row[0]) for row in query.projection(
+            f"select i.fileset.id from DatasetImageLink l join l.child i where l.parent.id = {dataset}",
+            None, context) if row[0] is not None}
+        rows = query.projection("select fse.originalFile.id, fse.originalFile.size from FilesetEntry fse "
+                                "where fse.fileset.id in (" + ",".join(map(str, filesets)) + ")", None, context)
+        return [unwrap(r[0]) for r in rows], [unwrap(r[1]) for r in rows]
+    finally:
+        client.closeSession()
+
+
+def stored_blocks(cache_dir, server, sizes: dict[int, int]) -> int:
+    """Count the blocks of these files that the cache holds."""
+    import omero.clients
+
+    from omerofs.blocks import BlockCache, BlockKey
+
+    client = omero.client(host=server.host, port=server.port)
+    try:
+        uuid = client.createSession("alice", "omero").getConfigService().getDatabaseUuid()
+    finally:
+        client.closeSession()
+    cache = BlockCache(cache_dir)
+    try:
+        return sum(cache.contains(BlockKey(uuid, file_id, BLOCK, index))
+                   for file_id, size in sizes.items() for index in range(block_count(size)))
+    finally:
+        cache.close()
+
+
+def test_corrupted_bytes_fail_the_pin(own_server, tmp_path, runtime_dir):
+    cache_dir = tmp_path / "cache"
+    target = f"Dataset:{dataset_ids(own_server)[0]}"
+    own_server.control.set(corrupt_reads=True)
+    result = pin(own_server, target, "--json", cache_dir=cache_dir, runtime=runtime_dir)
+    assert result.returncode != 0
+    summary = json.loads(result.stdout)
+    assert summary["failed"]
+    assert all("checksum" in entry["error"] for entry in summary["failed"])
+    status = json.loads(run_omerofs("status", "--json", cache_dir=cache_dir, runtime=runtime_dir).stdout)
+    assert status["pins"][0]["verified_files"] == 0
+    assert status["pins"][0]["local_bytes"] == 0
+
+    own_server.control.set(corrupt_reads=False)
+    result = pin(own_server, target, "--json", cache_dir=cache_dir, runtime=runtime_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_restricted_files_are_listed_and_rest_pinned(sample_server, tmp_path, runtime_dir, plate_image_ids):
+    cache_dir = tmp_path / "cache"
+    dataset = dataset_ids(sample_server)[0]
+    image_id = projection(sample_server, "alice",
+                          f"select l.child.id from DatasetImageLink l where l.parent.id = {dataset}")[0]
+    result = pin(sample_server, f"Image:{image_id},{plate_image_ids[0]}", "--json", cache_dir=cache_dir,
+                 runtime=runtime_dir)
+    assert result.returncode == 10
+    summary = json.loads(result.stdout)
+    assert summary["restricted"]
+    assert summary["files"] >= 1
+    text = pin(sample_server, f"Image:{plate_image_ids[0]}", cache_dir=cache_dir, runtime=runtime_dir)
+    assert text.returncode == 10
+    assert "restricts" in text.stdout
+    assert summary["restricted"][0]["name"] in text.stdout
+
+
+def test_status_reports_pins_and_unpin_releases(sample_server, tmp_path, runtime_dir):
+    cache_dir = tmp_path / "cache"
+    target = f"Dataset:{dataset_ids(sample_server)[0]}"
+    summary = json.loads(pin(sample_server, target, "--json", cache_dir=cache_dir, runtime=runtime_dir).stdout)
+    status = json.loads(run_omerofs("status", "--json", cache_dir=cache_dir, runtime=runtime_dir).stdout)
+    assert len(status["pins"]) == 1
+    entry = status["pins"][0]
+    assert entry["target"] == target
+    assert entry["files"] == summary["files"]
+    assert entry["verified_files"] == summary["files"]
+    assert entry["bytes"] == summary["bytes"]
+    assert entry["local_bytes"] == summary["bytes"]
+    assert status["pinned"] >= summary["bytes"]
+
+    result = run_omerofs("unpin", target, "-s", sample_server.host, cache_dir=cache_dir, runtime=runtime_dir)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(run_omerofs("status", "--json", cache_dir=cache_dir, runtime=runtime_dir).stdout)
+    assert status["pins"] == []
+    assert status["pinned"] < summary["bytes"]
+    assert status["cached"] >= summary["bytes"]
+
+    missing = run_omerofs("unpin", target, "-s", sample_server.host, cache_dir=cache_dir, runtime=runtime_dir)
+    assert missing.returncode == 2
+
+
+def test_size_limit_evicts_unpinned_and_keeps_pinned(sample_server, mounter, tmp_path, runtime_dir,
+                                                     plate_image_ids):
+    cache_dir = tmp_path / "cache"
+    datasets = dataset_ids(sample_server)
+    summary = json.loads(pin(sample_server, f"Dataset:{datasets[0]}", "--json", cache_dir=cache_dir,
+                             runtime=runtime_dir).stdout)
+    limit = 1024 * 1024
+    mount = mounter(sample_server, "--cache-size", str(limit), cache_dir=cache_dir)
+    for image_id in sorted(int(n) for n in os.listdir(mount.path / "Image")):
+        if image_id in plate_image_ids:
+            continue
+        for link in links_below(mount.path / "Image" / str(image_id) / "Binary"):
+            Path(os.path.realpath(link)).read_bytes()
+    status = json.loads(run_omerofs("status", "--json", cache_dir=cache_dir, runtime=runtime_dir).stdout)
+    # diskcache culls after each write, so the store may pass the limit by one block.
+    assert status["cached"] <= limit + 1024 * 1024 + 64 * 1024
+    assert status["pins"][0]["local_bytes"] == summary["bytes"]
+    assert status["pins"][0]["verified_files"] == summary["files"]
