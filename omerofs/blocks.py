@@ -92,13 +92,18 @@ class BlockCache:
     pin on the same directory): diskcache keeps its index in SQLite.
     """
 
-    def __init__(self, directory: Path, size_limit: int = DEFAULT_SIZE_LIMIT,
+    def __init__(self, directory: Path, size_limit: int | None = None,
                  free_space_floor: int = DEFAULT_FREE_SPACE_FLOOR):
+        """Open (or create) the cache in ``directory``.
+
+        ``size_limit`` None keeps the limit the cache was last given, so that
+        ``omerofs status`` or a pin does not undo a mount's --cache-size.
+        """
         self.directory = Path(directory)
         self.free_space_floor = free_space_floor
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._blocks = diskcache.Cache(str(self.directory / "blocks"), size_limit=size_limit,
+            self._blocks = diskcache.Cache(str(self.directory / "blocks"),
                                            eviction_policy="least-recently-used")
             self._pinned = diskcache.Cache(str(self.directory / "pinned"), size_limit=2 ** 62,
                                            eviction_policy="none")
@@ -106,6 +111,13 @@ class BlockCache:
                                             eviction_policy="none")
         except (OSError, diskcache.Timeout) as error:
             raise CacheError(f"Cannot open the cache in {self.directory}: {error}") from error
+        if size_limit is not None:
+            self._blocks.reset("size_limit", size_limit)
+            self._records.set("settings/size-limit", size_limit)
+        elif self._records.get("settings/size-limit") is None:
+            # diskcache's own default (1 GB) would apply otherwise.
+            self._blocks.reset("size_limit", DEFAULT_SIZE_LIMIT)
+            self._records.set("settings/size-limit", DEFAULT_SIZE_LIMIT)
         self._free_checked_at = 0.0
         self._free_ok = True
         self._last_warning = 0.0

@@ -62,6 +62,9 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-g", "--group", help="OMERO group name or ID to work in (default: all of the user's groups)")
     parser.add_argument("--cache-dir", default=str(default_cache_dir()),
                         help="directory of the block cache and logs (default: %(default)s)")
+    parser.add_argument("--cache-size", type=parse_size, default=None,
+                        help="size limit of unpinned cached data, e.g. 20G; kept for later commands "
+                             f"(default: the last limit given, else {DEFAULT_SIZE_LIMIT // 1024 ** 3}G)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,8 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="serve only what the cache holds, without contacting the server")
     mount.add_argument("--block-size", type=parse_size, default=DEFAULT_BLOCK_SIZE,
                        help="bytes per cached block, a power of two (default: 1M)")
-    mount.add_argument("--cache-size", type=parse_size, default=DEFAULT_SIZE_LIMIT,
-                       help="size limit of unpinned cached data (default: 10G)")
+
     mount.add_argument("--ttl", type=float, default=DEFAULT_TTL,
                        help="seconds that metadata which may change is reused (default: %(default)s)")
     mount.add_argument("--allow-other", action="store_true", help="let other users read the mount")
@@ -260,7 +262,7 @@ def command_pin(args) -> int:
     targets = [records.parse_target(t) for t in args.targets]
     if not args.server:
         raise UsageError("No server given; use -s HOST or -s tcp://HOST:PORT.")
-    cache = BlockCache(Path(args.cache_dir).expanduser())
+    cache = BlockCache(Path(args.cache_dir).expanduser(), size_limit=args.cache_size)
     connection = _connect(args)
     try:
         server = connection.server_identity().database_uuid
@@ -287,7 +289,7 @@ def command_unpin(args) -> int:
     targets = [records.parse_target(t) for t in args.targets]
     if not args.server:
         raise UsageError("No server given; use -s with the server that the targets were pinned from.")
-    cache = BlockCache(Path(args.cache_dir).expanduser())
+    cache = BlockCache(Path(args.cache_dir).expanduser(), size_limit=args.cache_size)
     try:
         removed = unpin(cache, _cached_server(cache, args), targets)
     finally:

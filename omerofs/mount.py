@@ -26,7 +26,7 @@ import pyfuse3
 import trio
 
 from . import records
-from .blocks import DEFAULT_SIZE_LIMIT, BlockCache
+from .blocks import BlockCache
 from .catalog import DEFAULT_TTL, Catalog
 from .errors import CacheError, OmerofsError, ServerUnavailable, UsageError
 from .fetch import DEFAULT_BLOCK_SIZE, Fetcher
@@ -53,7 +53,7 @@ class MountOptions:
     cache_dir: str = ""
     offline: bool = False
     block_size: int = DEFAULT_BLOCK_SIZE
-    cache_size: int = DEFAULT_SIZE_LIMIT
+    cache_size: int | None = None
     ttl: float = DEFAULT_TTL
     allow_other: bool = False
     debug: bool = False
