@@ -13,6 +13,7 @@ blocks by the fetcher's data limiter.
 
 import json
 import logging
+import posixpath
 import sys
 import time
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import trio
 
-from . import records
+from . import records, tree
 from .blocks import BlockCache
 from .catalog import Catalog
 from .errors import AccessDenied, IntegrityError, OmerofsError
@@ -135,12 +136,57 @@ async def collect_files(catalog: Catalog, targets: Sequence[records.ImageTarget]
             fileset = await catalog.fileset(fileset_id)
             if fileset is not None:
                 files.update((f.id, f) for f in fileset.files)
+        files.update(await collect_metadata(catalog, sorted(images)))
         found[target] = [files[i] for i in sorted(files)]
         catalog.cache.set_record(pin_record_key(catalog.server, target), {
             "target": str(target), "image_ids": sorted(images), "file_ids": sorted(files),
             "bytes": sum(f.size for f in files.values()), "pinned_at": time.time(),
         })
     return found
+
+
+# The parts of an image directory that hold metadata. Walking them makes
+# the catalog fetch and persist every record an offline mount needs there.
+_METADATA_ENTRIES = ("Metadata", "Export", "Annotation", "Roi")
+
+
+async def collect_metadata(catalog: Catalog, image_ids: Sequence[int]) -> dict[int, records.OriginalFile]:
+    """Walk the images' metadata in the namespace; return the file attachments met there.
+
+    Following every link from ``Image/<id>/Annotation`` and ``Roi`` reaches
+    annotations on annotations and the ROIs' own annotations, so all of them
+    are generated once and their records persisted in the cache.
+    """
+    root = tree.Root(catalog)
+    seen: set[tuple] = set()
+    attachments: dict[int, records.OriginalFile] = {}
+
+    async def resolve(path: tuple[str, ...]) -> tree.Node | None:
+        node: tree.Node | None = root
+        for name in path:
+            if not isinstance(node, tree.Directory):
+                return None
+            node = await node.lookup(name)
+        return node
+
+    async def visit(path: tuple[str, ...]) -> None:
+        node = await resolve(path)
+        if node is None or node.key in seen:
+            return
+        seen.add(node.key)
+        if isinstance(node, tree.Symlink):
+            target = posixpath.normpath(posixpath.join(*path[:-1], node.target))
+            await visit(tuple(target.split("/")))
+        elif isinstance(node, tree.Directory):
+            for name in sorted(await node.children()):
+                await visit(path + (name,))
+        elif isinstance(node, tree.File):
+            attachments[node.file.id] = node.file
+
+    for image_id in image_ids:
+        for entry in _METADATA_ENTRIES:
+            await visit(("Image", str(image_id), entry))
+    return attachments
 
 
 async def pin_files(fetcher: Fetcher, files: Sequence[records.OriginalFile], progress: Progress,

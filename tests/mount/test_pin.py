@@ -75,6 +75,33 @@ def test_pinned_dataset_works_offline(own_server, mounter, tmp_path, runtime_dir
             report = showinf(os.path.realpath(top_level[0]))
             assert report.returncode == 0, report.stdout[-2000:]
     assert len(files) == summary["files"]
+    for image_id in listed:
+        for kind in ("Metadata", "Export"):
+            document = mount.path / "Image" / str(image_id) / kind / f"image-{image_id}.ome.xml"
+            assert document.read_bytes().startswith(b"<"), document
+
+
+ATTACHMENTS = Path(__file__).resolve().parents[2] / "omerofs" / "testserver" / "sample" / "attachments"
+
+
+def test_pinned_attachments_read_offline(own_server, mounter, tmp_path, runtime_dir):
+    cache_dir = tmp_path / "cache"
+    rows = projection(own_server, "alice", "select l.parent.id from ImageAnnotationLink l, FileAnnotation f "
+                                          "where l.child.id = f.id")
+    assert rows, "the sample repository has no image with a file attachment"
+    result = pin(own_server, f"Image:{rows[0]}", "--json", cache_dir=cache_dir, runtime=runtime_dir)
+    assert result.returncode == 0, result.stderr
+    own_server.stop()
+
+    mount = mounter(own_server, "--offline", cache_dir=cache_dir, server_args=["-s", own_server.host])
+    read = 0
+    for link in (mount.path / "Image" / str(rows[0]) / "Annotation").iterdir():
+        if not (link / "File").is_dir():
+            continue
+        for attachment in (link / "File").iterdir():
+            assert attachment.read_bytes() == (ATTACHMENTS / attachment.name).read_bytes()
+            read += 1
+    assert read >= 1
 
 
 def test_offline_read_of_unpinned_file_fails_at_once(own_server, mounter, tmp_path, runtime_dir):
