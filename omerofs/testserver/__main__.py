@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     # Imported here so that `--help` works without loading omero-py.
+    import Ice
+
     from . import store
     from .control import ControlServer, Counters, InvalidKnob, Knobs
     from .server import ServerConfig, TestServer
@@ -118,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         port = server.start()
-    except Exception as exc:  # noqa: BLE001 - Ice reports a busy port as Ice.SocketException
-        print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+    except Ice.LocalException as exc:
+        # Ice reports a port in use as Ice.SocketException.
+        reason = str(exc).strip().splitlines()[-1]
+        print(f"error: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
         return 1
     try:
         if args.control_port is not None:

@@ -198,9 +198,14 @@ class TestServer:
         for factory in omero.rtypes.ObjectFactories.values():
             factory.register(self.communicator)
 
-        self.adapter = self.communicator.createObjectAdapterWithEndpoints(
-            "OMERO", f"tcp -h {self.config.host} -p {self.config.port}"
-        )
+        try:
+            self.adapter = self.communicator.createObjectAdapterWithEndpoints(
+                "OMERO", f"tcp -h {self.config.host} -p {self.config.port}"
+            )
+        except Ice.LocalException:
+            self.communicator.destroy()
+            self.communicator = None
+            raise
         self.adapter.addServantLocator(_Dispatcher(self), "")
         self.add_servant(self.router, ROUTER_IDENTITY)
         self.adapter.activate()
