@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 
 import Glacier2
 import Ice
@@ -289,18 +290,27 @@ class TestServer:
     # Sessions
 
     def create_service_factory(self, user_name: str, password: str, current) -> ServiceFactoryI:
-        """Join the session whose key is `password`, or log in; return the new factory.
+        """Join the session whose key is the user name and password, or log in.
 
-        Raises Glacier2.PermissionDeniedException for a wrong password, an unknown
-        user and a session key that is not (or no longer) valid.
+        Follows OMERO's PermissionsVerifierI: a session key joins only when it is
+        both the user name and the password. Raises Glacier2.PermissionDeniedException
+        for a wrong password, an unknown user and a key that is not (or no longer)
+        valid, with OMERO's reason text.
         """
-        session = self.sessions.join(password)
+        session = self.sessions.find(password) or self.sessions.find(user_name)
+        if session is not None and user_name != password:
+            log.info("login failed: a session key was given without the same user name")
+            raise Glacier2.PermissionDeniedException(
+                reason="username and password must be equal; use joinSession"
+            )
+        if session is not None:
+            session = self.sessions.join(password)
         if session is None:
             session = self._log_in(user_name, password, current.ctx or {})
         else:
             log.info("session %s joined", session.uuid)
 
-        factory = ServiceFactoryI(self, session, current.con)
+        factory = ServiceFactoryI(self, session)
         with self._lock:
             self._factories.setdefault(session.uuid, set()).add(factory)
         factory.proxy = omero.api.ServiceFactoryPrx.uncheckedCast(
@@ -318,7 +328,7 @@ class TestServer:
         except store.AuthenticationFailed as exc:
             log.info("login failed for %r: %s", user_name, exc)
             raise Glacier2.PermissionDeniedException(
-                reason=f"Password check failed for '{user_name}'"
+                reason=self._password_check_failed(user_name)
             ) from None
 
         user_id = experimenter.id.val
@@ -337,6 +347,20 @@ class TestServer:
             agent=ctx.get("omero.agent", ""),
         )
 
+    def _password_check_failed(self, user_name: str) -> str:
+        """Return OMERO's reason for a failed login: what it knows of the name given."""
+        details = []
+        ended = self.sessions.ended(user_name)
+        if ended is not None:
+            details.append(f"user={ended.user_name}")
+            details.append(f"created={_java_timestamp(ended.started_ms)}")
+            details.append(f"closed={_java_timestamp(ended.closed_ms)}")
+        else:
+            user_id = self.repository.user_id(user_name)
+            if user_id is not None:
+                details.append(f"id={user_id}")
+        return f"Password check failed for '{user_name}': [{', '.join(details)}]"
+
     def find_group(self, group_id: int, user_id: int):
         """Return the loaded ExperimenterGroup `group_id` as `user_id` may read it, or None."""
         try:
@@ -354,8 +378,10 @@ class TestServer:
 def _requested_group(requested: str, group_ids_by_name: dict[str, int]) -> int | None:
     """Return the group that `omero.group` at login names by ID or name, if the user is in it.
 
-    A user who asks for a group they are not in gets their default group, and the
-    first call that sends that group in its context then fails, as in OMERO.
+    A user who asks for a group they are not in gets their default group. The
+    first call that sends that group in its context then raises
+    omero.SecurityViolation, which BlitzGateway.connect expects before it retries
+    without the group.
     """
     if not requested:
         return None
@@ -363,3 +389,12 @@ def _requested_group(requested: str, group_ids_by_name: dict[str, int]) -> int |
         group_id = int(requested)
         return group_id if group_id in group_ids_by_name.values() else None
     return group_ids_by_name.get(requested)
+
+
+def _java_timestamp(epoch_ms: int | None) -> str:
+    """Format a time as java.sql.Timestamp.toString does, in local time."""
+    if epoch_ms is None:
+        return "null"
+    seconds, millis = divmod(epoch_ms, 1000)
+    fraction = f"{millis:03d}".rstrip("0") or "0"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) + "." + fraction

@@ -69,14 +69,44 @@ def test_session_key_names_the_service_factory(omero_server):
     assert model.getTimeToLive().getValue() == 0
 
 
-@pytest.mark.parametrize("user,password", [("alice", "wrong"), ("nobody", "omero"), ("alice", "")])
-def test_bad_credentials_raise_permission_denied(omero_server, user, password):
+@pytest.mark.parametrize(
+    "user,password,reason",
+    [
+        ("alice", "wrong", "Password check failed for 'alice': [id=2]"),
+        ("nobody", "omero", "Password check failed for 'nobody': []"),
+    ],
+)
+def test_bad_credentials_raise_permission_denied(omero_server, user, password, reason):
     client = omero.client(omero_server.host)
     try:
-        with pytest.raises((Glacier2.PermissionDeniedException, omero.ClientError)):
-            client.createSession(user, password or None)
+        with pytest.raises(Glacier2.PermissionDeniedException) as raised:
+            client.createSession(user, password)
     finally:
         close_quietly(client)
+
+    assert raised.value.reason == reason
+
+
+def test_empty_password_is_rejected_by_the_client(omero_server):
+    client = omero.client(omero_server.host)
+    try:
+        with pytest.raises(omero.ClientError):
+            client.createSession("alice", "")
+    finally:
+        close_quietly(client)
+
+
+def test_session_key_needs_equal_user_name(omero_server):
+    with session(omero_server) as (client, _):
+        key = client.getSessionId()
+        other = omero.client(omero_server.host)
+        try:
+            with pytest.raises(Glacier2.PermissionDeniedException) as raised:
+                other.createSession("alice", key)
+        finally:
+            close_quietly(other)
+
+    assert raised.value.reason == "username and password must be equal; use joinSession"
 
 
 def test_join_by_key_shares_the_session(omero_server):
@@ -147,9 +177,11 @@ def test_expired_session(omero_server_factory):
     finally:
         close_quietly(client)
 
-    with pytest.raises(Glacier2.PermissionDeniedException):
+    with pytest.raises(Glacier2.PermissionDeniedException) as raised:
         with joined(server, key):
             pass
+    assert raised.value.reason.startswith(f"Password check failed for '{key}': [user=alice, created=")
+    assert ", closed=" in raised.value.reason
 
 
 def test_keep_alive_holds_session_open(omero_server_factory):
@@ -182,6 +214,27 @@ def test_group_switch_to_foreign_group_raises(omero_server, sample_manifest):
     with session(omero_server, "bob") as (_, factory):
         with pytest.raises(omero.SecurityViolation):
             factory.setSecurityContext(omero.model.ExperimenterGroupI(private, False))
+
+
+def test_admin_looks_up_users_and_groups(omero_server, sample_manifest):
+    bob = sample_manifest.users["bob"]
+    lab = sample_manifest.groups["lab"]
+
+    with session(omero_server) as (_, factory):
+        admin = factory.getAdminService()
+        by_id = admin.getExperimenter(bob["id"])
+        by_name = admin.lookupExperimenter("bob")
+        group = admin.lookupGroup("lab")
+        with pytest.raises(omero.ApiUsageException):
+            admin.lookupExperimenter("nobody")
+
+    assert by_id.getOmeName().getValue() == "bob"
+    assert by_name.getId().getValue() == bob["id"]
+    assert "lab" in {m.getParent().getName().getValue() for m in by_name.copyGroupExperimenterMap()}
+    assert group.getId().getValue() == lab["id"]
+    assert {m.getChild().getOmeName().getValue() for m in group.copyGroupExperimenterMap()} == {
+        "alice", "bob"
+    }
 
 
 # Configuration and repositories

@@ -32,17 +32,12 @@ from .shared import SharedResourcesI
 
 log = logging.getLogger(__name__)
 
-# The service factory's own identity in counters and logs.
-INTERFACE = "ServiceFactory"
-
-
 class ServiceFactoryI(Servant, omero.api.ServiceFactory):
     """omero.api.ServiceFactory for one Glacier2 session."""
 
-    def __init__(self, server, session: Session, connection: Ice.Connection | None):
+    def __init__(self, server, session: Session):
         self.server = server
         self.session = session
-        self.connection = connection
         self.category = str(uuid_module.uuid4())
         self.identity = Ice.Identity(session.uuid, self.category)
         self.proxy = None
@@ -136,10 +131,6 @@ class ServiceFactoryI(Servant, omero.api.ServiceFactory):
     def _stateful(self, servant: Servant, cast):
         name = f"omero.api.{interface_name(servant)}-{uuid_module.uuid4()}"
         return cast.uncheckedCast(self.add_service(name, servant))
-
-    def stateful_services(self) -> list[Servant]:
-        with self._lock:
-            return [s for s in self._services.values() if getattr(s, "stateful", False)]
 
     def service_names(self) -> list[str]:
         with self._lock:

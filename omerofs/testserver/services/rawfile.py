@@ -36,8 +36,6 @@ MAX_READ_LENGTH = 64 * 1000 * 1000
 class RawFileStoreI(Servant, omero.api.RawFileStore):
     """RawFileStore for one `createRawFileStore` call."""
 
-    stateful = True
-
     def __init__(self, factory):
         self.factory = factory
         self._file_id: int | None = None

@@ -49,6 +49,8 @@ class Session:
     agent: str = ""
     references: int = 1
     closed: bool = False
+    # wall-clock time in ms at which the session ended, once it has
+    closed_ms: int | None = None
     # monotonic time of the last call made with this session
     last_access: float = dataclasses.field(default_factory=time.monotonic)
 
@@ -69,6 +71,8 @@ class SessionRegistry:
         self.time_to_idle_ms = int(time_to_idle_s * 1000)
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
+        # Ended sessions stay known, because a failed join reports who owned them.
+        self._ended: dict[str, Session] = {}
         self._next_id = 1
         self.on_removed: Callable[[Session], None] = lambda session: None
 
@@ -107,6 +111,11 @@ class SessionRegistry:
             session.references += 1
             session.last_access = time.monotonic()
         return session
+
+    def ended(self, session_uuid: str) -> Session | None:
+        """Return the session `session_uuid` if it existed and has ended."""
+        with self._lock:
+            return self._ended.get(session_uuid)
 
     def find(self, session_uuid: str) -> Session | None:
         """Return the open session `session_uuid`, ending it first if it has expired."""
@@ -177,7 +186,9 @@ class SessionRegistry:
             if session.closed:
                 return
             session.closed = True
+            session.closed_ms = int(time.time() * 1000)
             self._sessions.pop(session.uuid, None)
+            self._ended[session.uuid] = session
         log.info("session %s ended", session.uuid)
         self.on_removed(session)
 
