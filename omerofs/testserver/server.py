@@ -348,7 +348,7 @@ class TestServer:
         )
 
     def _password_check_failed(self, user_name: str) -> str:
-        """Return OMERO's reason for a failed login: what it knows of the name given."""
+        """Return OMERO's reason for a failed login, with the user or session the name matches."""
         details = []
         ended = self.sessions.ended(user_name)
         if ended is not None:

@@ -65,6 +65,21 @@ def test_hql_lists_images_of_current_group(omero_server, omero_cli, sample_manif
     assert {tuple(row) for row in hql_rows(result)} == expected
 
 
+def test_login_into_other_group(omero_server, omero_cli, sample_manifest):
+    login = omero_cli.run(
+        "login", "-s", omero_server.host, "-u", "alice", "-w", "omero", "-g", "alice-private"
+    )
+    result = omero_cli.run(
+        "hql", "-q", "--style", "csv", "--limit", "1000", "select i.id from Image i"
+    )
+
+    assert login.returncode == 0, login.stderr
+    assert "Current group: alice-private" in login.stderr
+    assert result.returncode == 0, result.stderr
+    expected = sample_manifest.readable_ids("images", "alice", "alice-private")
+    assert {int(row[0]) for row in hql_rows(result)} == expected
+
+
 def test_hql_pages_with_limit_and_offset(omero_server, omero_cli):
     omero_cli.login(omero_server)
 

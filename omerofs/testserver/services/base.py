@@ -5,7 +5,7 @@ Ice calls an operation that the Slice definition marks `["amd"]` as
 of that name. The `amd` decorator lets a servant write such an operation as an
 ordinary method that returns its result or raises, and passes either to the callback.
 
-Exceptions: OMERO's servers answer every failure that is not an Ice exception with
+Exceptions: OMERO's servers report every failure that is not an Ice exception as
 an `omero.ServerError` subclass. `as_server_error` turns an unexpected Python
 exception (a bug in the test server) into `omero.InternalException`, as OMERO's own
 exception mapping does, and logs the traceback so the bug is visible.

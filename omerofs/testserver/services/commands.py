@@ -7,10 +7,10 @@ The server calls that callback over the connection the client used for
 proxy names the router's endpoint and not the client's. A callback added after
 the request has finished is notified at once.
 
-Failures follow OMERO's `omero.cmd.Helper`: the response is an `omero.cmd.ERR`
-whose category is the request's Slice type ID, whose name says what failed
-(`bad-image` for an image the caller cannot read) and whose parameters hold the
-message; the status then has the FAILURE and CANCELLED flags.
+Failures follow OMERO's `omero.cmd.Helper`. The response is an `omero.cmd.ERR`
+whose category is the request's Slice type ID and whose name states what failed
+(`bad-image` for an image the caller cannot read). Its parameters contain the
+message, and the status then has the FAILURE and CANCELLED flags.
 """
 
 from __future__ import annotations

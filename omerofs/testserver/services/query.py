@@ -1,6 +1,6 @@
 """IQuery: HQL queries and look-ups by ID, served from the repository.
 
-Every call sees the repository as the caller does: the caller's user and the
+Every call reads the repository as the caller may: the caller's user and the
 group from the call's `omero.group` context entry (-1 for all of the user's
 groups), or else the session's current group.
 """
