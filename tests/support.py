@@ -1,81 +1,23 @@
-"""Processes the integration tests start: the OMERO test server and mounts.
+"""Helpers for the mount tests: mounts, Bio-Formats and the sample's source files.
 
-Every helper here stops what it started, so no test leaves a server, a
-daemon or a mount behind.
+Every helper here stops what it started, so no test leaves a daemon or a
+mount behind. Test servers come from omerofs.testserver.process.
 """
 
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omerofs.testserver.process import SAMPLE_MANIFEST
+
 VENV_BIN = Path(sys.executable).parent
 OMEROFS = str(VENV_BIN / "omerofs")
-
-# Starting the server loads and hashes the repository; a generated repository
-# with multi-GiB files takes longest.
-SERVER_START_TIMEOUT = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class ServerProcess:
-    process: subprocess.Popen
-    port: int
-    control_port: int
-    log_path: Path
-
-    @property
-    def host(self) -> str:
-        return f"tcp://127.0.0.1:{self.port}"
-
-    @property
-    def control(self):
-        from omerofs.testserver.control import Control
-
-        return Control(self.control_port)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def start_server(source_args: list[str], log_dir: Path, *extra: str, port: int | None = None) -> ServerProcess:
-    """Start ``python -m omerofs.testserver`` and wait for its ``listening on`` line."""
-    port = port or free_port()
-    control_port = free_port()
-    log_path = log_dir / f"testserver-{port}.log"
-    with open(log_path, "w") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "omerofs.testserver", *source_args, "--port", str(port),
-             "--control-port", str(control_port), *extra],
-            stdout=subprocess.PIPE, stderr=log_file, text=True)
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    line = ""
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if line.startswith("listening on") or process.poll() is not None:
-            break
-    if not line.startswith("listening on"):
-        process.kill()
-        raise RuntimeError(f"the test server did not start: {line!r}; log: {log_path.read_text()[-3000:]}")
-    return ServerProcess(process, port, control_port, log_path)
 
 
 @dataclass
@@ -157,7 +99,18 @@ def showinf(path: Path | str) -> subprocess.CompletedProcess:
                            "-nometa", "-no-upgrade", str(path)], capture_output=True, text=True, timeout=300)
 
 
-SAMPLE_MANIFEST = Path(__file__).resolve().parents[1] / "omerofs" / "testserver" / "sample" / "manifest.yaml"
+def projection(server, user: str, hql: str) -> list:
+    """Run one HQL projection as ``user`` with omero-py and return the first column, sorted."""
+    import omero.clients
+    from omero.rtypes import unwrap
+
+    client = omero.client(host=server.host, port=server.port)
+    try:
+        session = client.createSession(user, "omero")
+        rows = session.getQueryService().projection(hql, None, {"omero.group": "-1"})
+        return sorted(unwrap(row[0]) for row in rows)
+    finally:
+        client.closeSession()
 
 
 def source_files(manifest: Path = SAMPLE_MANIFEST, user: str = "alice") -> dict[str, Path]:

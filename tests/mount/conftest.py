@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from support import Mount, run_mount, start_server
+from support import Mount, projection, run_mount
 
 
 def pytest_collection_modifyitems(config, items):
@@ -15,13 +15,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.mount)
             if not usable:
                 item.add_marker(pytest.mark.skip(reason="mounting needs root and /dev/fuse"))
-
-
-@pytest.fixture(scope="session")
-def sample_server(tmp_path_factory):
-    server = start_server(["--sample"], tmp_path_factory.mktemp("sample-server"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -59,62 +52,26 @@ def mounter(tmp_path, runtime_dir):
         assert not os.path.ismount(mounted.path)
 
 
-def projection(server, user, hql):
-    """Run one HQL projection as ``user`` with omero-py and return the first column."""
-    import omero.clients
-    from omero.rtypes import unwrap
-
-    client = omero.client(host=server.host, port=server.port)
-    try:
-        session = client.createSession(user, "omero")
-        rows = session.getQueryService().projection(hql, None, {"omero.group": "-1"})
-        return sorted(unwrap(row[0]) for row in rows)
-    finally:
-        client.closeSession()
-
-
 @pytest.fixture(scope="session")
-def plate_image_ids(sample_server):
-    image_ids = projection(sample_server, "alice", "select ws.image.id from WellSample ws")
+def plate_image_ids(omero_server):
+    image_ids = projection(omero_server, "alice", "select ws.image.id from WellSample ws")
     assert image_ids, "the sample repository has no plate images"
     return image_ids
 
 
 @pytest.fixture(scope="session")
-def private_image_ids(sample_server):
+def private_image_ids(omero_server):
     """Images that alice can read and bob cannot."""
-    alice = set(projection(sample_server, "alice", "select i.id from Image i"))
-    bob = set(projection(sample_server, "bob", "select i.id from Image i"))
+    alice = set(projection(omero_server, "alice", "select i.id from Image i"))
+    bob = set(projection(omero_server, "bob", "select i.id from Image i"))
     private = sorted(alice - bob)
     assert private, "the sample repository has no image that only alice can read"
     return private
 
 
 @pytest.fixture
-def omero_login_dir(sample_server, tmp_path):
-    """A session directory in which the unmodified `omero login` stored a session for alice.
-
-    `omero` refuses to run as root, so it runs as an unprivileged user.
-    """
-    import pwd
-    import subprocess
-    import sys
-
-    user = "omerofs-test"
-    try:
-        pwd.getpwnam(user)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--create-home", user], check=True)
-    home = tmp_path / "omero-home"
-    home.mkdir()
-    entry = pwd.getpwnam(user)
-    os.chown(home, entry.pw_uid, entry.pw_gid)
-    for directory in [tmp_path, *tmp_path.parents]:
-        os.chmod(directory, os.stat(directory).st_mode | 0o001)
-    omero = Path(sys.executable).parent / "omero"
-    result = subprocess.run(
-        ["runuser", "-u", user, "--", "env", "-i", f"HOME={home}", f"OMERO_SESSIONDIR={home}/sessions",
-         f"PATH={omero.parent}:/usr/bin:/bin", str(omero), "login", "-s", sample_server.host, "-u", "alice",
-         "-w", "omero"], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+def omero_login_dir(omero_server, omero_cli):
+    """A session directory in which the unmodified `omero login` stored a session for alice."""
+    result = omero_cli.login(omero_server)
     assert result.returncode == 0, result.stdout + result.stderr
-    return home / "sessions"
+    return omero_cli.session_dir

@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from support import start_server
 
 
 def first_image_with_binary(mount_path):
@@ -21,14 +20,14 @@ def first_image_with_binary(mount_path):
 
 @pytest.mark.parametrize("path", ["Image/987654321", "Fileset/987654321", "Repository/987654321",
                                   "Repository/Legacy/987654321", "Image/abc", "Image/0012", "Nothing"])
-def test_unknown_object_is_enoent(sample_server, mounter, path):
-    mount = mounter(sample_server)
+def test_unknown_object_is_enoent(omero_server, mounter, path):
+    mount = mounter(omero_server)
     with pytest.raises(FileNotFoundError):
         os.stat(mount.path / path)
 
 
-def test_writes_fail_with_erofs(sample_server, mounter):
-    mount = mounter(sample_server)
+def test_writes_fail_with_erofs(omero_server, mounter):
+    mount = mounter(omero_server)
     _, binary = first_image_with_binary(mount.path)
     attempts = [
         lambda: open(os.path.realpath(binary), "r+b"),
@@ -44,8 +43,8 @@ def test_writes_fail_with_erofs(sample_server, mounter):
         assert raised.value.errno == errno.EROFS
 
 
-def test_reads_fail_with_eio_when_server_stops(tmp_path, mounter):
-    server = start_server(["--sample"], tmp_path)
+def test_reads_fail_with_eio_when_server_stops(omero_server_factory, mounter):
+    server = omero_server_factory()
     try:
         mount = mounter(server)
         _, binary = first_image_with_binary(mount.path)
@@ -60,14 +59,14 @@ def test_reads_fail_with_eio_when_server_stops(tmp_path, mounter):
     assert time.monotonic() - started < 60
 
 
-def test_failing_server_read_is_eio_then_recovers(sample_server, mounter):
-    mount = mounter(sample_server)
+def test_failing_server_read_is_eio_then_recovers(omero_server, mounter):
+    mount = mounter(omero_server)
     _, binary = first_image_with_binary(mount.path)
     target = os.path.realpath(binary)
     # O_DIRECT makes one read one FUSE request: through the page cache, the
     # kernel retries a failed read-ahead with a second request of its own.
     descriptor = os.open(target, os.O_RDONLY | os.O_DIRECT)
-    sample_server.control.set(fail_next_read=True)
+    omero_server.control.set(fail_next_read=True)
     try:
         with pytest.raises(OSError) as raised:
             os.read(descriptor, 4096)
@@ -75,11 +74,11 @@ def test_failing_server_read_is_eio_then_recovers(sample_server, mounter):
         assert len(os.read(descriptor, 4096)) == min(4096, os.path.getsize(target))
     finally:
         os.close(descriptor)
-        sample_server.control.set(fail_next_read=False)
+        omero_server.control.set(fail_next_read=False)
 
 
-def test_restricted_plate_file_is_eacces(sample_server, mounter, plate_image_ids):
-    mount = mounter(sample_server)
+def test_restricted_plate_file_is_eacces(omero_server, mounter, plate_image_ids):
+    mount = mounter(omero_server)
     image_id = plate_image_ids[0]
     binary = mount.path / "Image" / str(image_id) / "Binary"
     names = sorted(os.listdir(binary))
@@ -90,14 +89,14 @@ def test_restricted_plate_file_is_eacces(sample_server, mounter, plate_image_ids
     assert f"OriginalFile" in mount.log_text()
 
 
-def test_other_groups_private_image_is_enoent(sample_server, mounter, private_image_ids):
-    mount = mounter(sample_server, user="bob")
+def test_other_groups_private_image_is_enoent(omero_server, mounter, private_image_ids):
+    mount = mounter(omero_server, user="bob")
     for image_id in private_image_ids:
         assert not (mount.path / "Image" / str(image_id)).exists()
 
 
-def test_bad_password_is_clear_error(sample_server, mounter):
-    mount = mounter(sample_server, password="wrong", check=False)
+def test_bad_password_is_clear_error(omero_server, mounter):
+    mount = mounter(omero_server, password="wrong", check=False)
     assert mount.result.returncode == 3
     assert "Login failed" in mount.result.stderr
     assert "Traceback" not in mount.result.stderr
@@ -105,7 +104,7 @@ def test_bad_password_is_clear_error(sample_server, mounter):
 
 
 def test_unreachable_server_is_clear_error(mounter, tmp_path):
-    from support import free_port
+    from omerofs.testserver.process import free_port
 
     class Nowhere:
         host = f"tcp://127.0.0.1:{free_port()}"
@@ -117,13 +116,13 @@ def test_unreachable_server_is_clear_error(mounter, tmp_path):
     assert time.monotonic() - started < 60
 
 
-def test_mountpoint_errors_are_usage_errors(sample_server, tmp_path):
+def test_mountpoint_errors_are_usage_errors(omero_server, tmp_path):
     from support import OMEROFS
 
     for path in [tmp_path / "missing", tmp_path / "file"]:
         if path.name == "file":
             path.write_text("x")
-        result = subprocess.run([OMEROFS, "mount", str(path), "-s", sample_server.host, "-u", "alice"],
+        result = subprocess.run([OMEROFS, "mount", str(path), "-s", omero_server.host, "-u", "alice"],
                                 capture_output=True, text=True, env=dict(os.environ, OMERO_PASSWORD="omero"))
         assert result.returncode == 2
         assert "Traceback" not in result.stderr

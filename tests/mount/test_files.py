@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from support import showinf, source_files, start_server
+from support import projection, showinf, source_files
 
 SERIES_KEYS = ("Series count", "Width", "Height", "SizeZ", "SizeC", "SizeT", "Pixel type")
 
@@ -44,8 +44,8 @@ def sources():
     return source_files()
 
 
-def test_image_files_resolve_into_one_repository_directory(sample_server, mounter):
-    mount = mounter(sample_server)
+def test_image_files_resolve_into_one_repository_directory(omero_server, mounter):
+    mount = mounter(omero_server)
     checked = 0
     for image_id in image_ids(mount.path):
         image_dir = mount.path / "Image" / str(image_id)
@@ -73,8 +73,8 @@ def test_image_files_resolve_into_one_repository_directory(sample_server, mounte
     assert checked >= 15
 
 
-def test_showinf_matches_source_for_every_fileset(sample_server, mounter, sources, plate_image_ids):
-    mount = mounter(sample_server)
+def test_showinf_matches_source_for_every_fileset(omero_server, mounter, sources, plate_image_ids):
+    mount = mounter(omero_server)
     seen_filesets = set()
     compared = 0
     for image_id in image_ids(mount.path):
@@ -99,8 +99,8 @@ def test_showinf_matches_source_for_every_fileset(sample_server, mounter, source
     assert compared >= 13
 
 
-def test_every_file_reads_back_identical(sample_server, mounter, sources, plate_image_ids):
-    mount = mounter(sample_server)
+def test_every_file_reads_back_identical(omero_server, mounter, sources, plate_image_ids):
+    mount = mounter(omero_server)
     compared = 0
     for image_id in image_ids(mount.path):
         if image_id in plate_image_ids:
@@ -116,8 +116,8 @@ def test_every_file_reads_back_identical(sample_server, mounter, sources, plate_
     assert compared >= 20
 
 
-def test_random_offsets_read_right_bytes(sample_server, mounter, sources):
-    mount = mounter(sample_server, "--block-size", "64K")
+def test_random_offsets_read_right_bytes(omero_server, mounter, sources):
+    mount = mounter(omero_server, "--block-size", "64K")
     generator = random.Random(7)
     for image_id in image_ids(mount.path)[:12]:
         for link in links_below(mount.path / "Image" / str(image_id) / "Binary"):
@@ -145,11 +145,11 @@ def largest_readable_file(mount_path: Path, plate_image_ids) -> str:
     return max(candidates)[1]
 
 
-def test_second_read_and_remount_make_no_server_reads(sample_server, mounter, tmp_path, plate_image_ids):
+def test_second_read_and_remount_make_no_server_reads(omero_server, mounter, tmp_path, plate_image_ids):
     cache_dir = tmp_path / "shared-cache"
-    mount = mounter(sample_server, cache_dir=cache_dir)
+    mount = mounter(omero_server, cache_dir=cache_dir)
     target = largest_readable_file(mount.path, plate_image_ids)
-    control = sample_server.control
+    control = omero_server.control
     control.reset()
     first = Path(target).read_bytes()
     assert control.counters().get("RawFileStore.read", 0) > 0
@@ -161,18 +161,18 @@ def test_second_read_and_remount_make_no_server_reads(sample_server, mounter, tm
 
     relative = Path(target).relative_to(mount.path)
     mount.unmount()
-    again = mounter(sample_server, cache_dir=cache_dir)
+    again = mounter(omero_server, cache_dir=cache_dir)
     control.reset()
     assert (again.path / relative).read_bytes() == first
     assert control.counters().get("RawFileStore.read", 0) == 0
 
 
-def test_concurrent_readers_download_each_block_once(sample_server, mounter, plate_image_ids):
+def test_concurrent_readers_download_each_block_once(omero_server, mounter, plate_image_ids):
     block = 64 * 1024
-    mount = mounter(sample_server, "--block-size", "64K")
+    mount = mounter(omero_server, "--block-size", "64K")
     target = largest_readable_file(mount.path, plate_image_ids)
     size = os.path.getsize(target)
-    sample_server.control.reset()
+    omero_server.control.reset()
     results = []
 
     def reader():
@@ -188,7 +188,7 @@ def test_concurrent_readers_download_each_block_once(sample_server, mounter, pla
         thread.join()
     assert len(results) == 16
     assert len(set(results)) == 1
-    assert sample_server.control.counters().get("RawFileStore.read", 0) == -(-size // block)
+    assert omero_server.control.counters().get("RawFileStore.read", 0) == -(-size // block)
 
 
 @pytest.fixture(scope="module")
@@ -199,8 +199,8 @@ def big_repository(tmp_path_factory):
     return out
 
 
-def test_reads_past_4_gib_are_right(big_repository, mounter, tmp_path):
-    server = start_server(["--data", str(big_repository / "manifest.yaml")], tmp_path)
+def test_reads_past_4_gib_are_right(big_repository, mounter, omero_server_factory):
+    server = omero_server_factory(manifest=big_repository / "manifest.yaml")
     try:
         mount = mounter(server)
         markers = [(offset, bytes.fromhex(data))

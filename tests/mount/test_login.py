@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from support import start_server
 
 
 def new_session_key(server, user="alice", password="omero") -> str:
@@ -22,32 +21,32 @@ def new_session_key(server, user="alice", password="omero") -> str:
     return key
 
 
-def test_mount_with_session_key(sample_server, mounter):
-    key = new_session_key(sample_server)
-    mount = mounter(sample_server, "-k", key, user=None, password=None)
+def test_mount_with_session_key(omero_server, mounter):
+    key = new_session_key(omero_server)
+    mount = mounter(omero_server, "-k", key, user=None, password=None)
     assert os.listdir(mount.path / "Image")
 
 
-def test_invalid_session_key_is_login_error(sample_server, mounter):
-    mount = mounter(sample_server, "-k", "00000000-0000-0000-0000-000000000000", user=None, password=None,
+def test_invalid_session_key_is_login_error(omero_server, mounter):
+    mount = mounter(omero_server, "-k", "00000000-0000-0000-0000-000000000000", user=None, password=None,
                     check=False)
     assert mount.result.returncode == 3
     assert "Traceback" not in mount.result.stderr
 
 
-def test_mount_reuses_omero_login_session(sample_server, mounter, omero_login_dir):
-    mount = mounter(sample_server, user="alice", password=None,
+def test_mount_reuses_omero_login_session(omero_server, mounter, omero_login_dir):
+    mount = mounter(omero_server, user="alice", password=None,
                     extra_env={"OMERO_SESSIONDIR": str(omero_login_dir)})
     assert os.listdir(mount.path / "Image")
 
 
-def test_no_password_without_tty_is_usage_error(sample_server, mounter):
-    mount = mounter(sample_server, password=None, check=False)
+def test_no_password_without_tty_is_usage_error(omero_server, mounter):
+    mount = mounter(omero_server, password=None, check=False)
     assert mount.result.returncode == 2
     assert "OMERO_PASSWORD" in mount.result.stderr
 
 
-def test_password_stays_out_of_ps_environment_and_log(mounter, tmp_path):
+def test_password_stays_out_of_ps_environment_and_log(mounter, tmp_path, omero_server_factory):
     password = "Zq7-unusual-Secret"
     manifest = tmp_path / "manifest.json"
     subprocess.run([os.sys.executable, "-m", "omerofs.testserver.generate", str(tmp_path / "repo"), "--images", "3",
@@ -58,7 +57,7 @@ def test_password_stays_out_of_ps_environment_and_log(mounter, tmp_path):
     manifest.write_text(json.dumps(content))
     (tmp_path / "repo" / "manifest.yaml").write_text(json.dumps(content))
 
-    server = start_server(["--data", str(tmp_path / "repo" / "manifest.yaml")], tmp_path)
+    server = omero_server_factory(manifest=tmp_path / "repo" / "manifest.yaml")
     try:
         mount = mounter(server, password=password, extra_env={"OMEROFS_TEST_MARK": "1"})
         assert os.listdir(mount.path / "Image")

@@ -12,7 +12,9 @@ import ome_types
 import pytest
 import xmlschema
 
-from support import start_server
+from omerofs.testserver.process import start_omero_server
+from support import projection
+
 
 OME_XSD = Path(ome_types.__file__).parent / "ome-2016-06.xsd"
 SCHEMA_URL = "http://www.openmicroscopy.org/Schemas/OME/2016-06/ome.xsd"
@@ -26,20 +28,6 @@ GENERATED_IMAGES = 1000
 # two windows of 500 images' annotation links with two queries each, and
 # two more look-ups. One query per image would be over 1,000.
 MAX_QUERIES = 12
-
-
-def projection(server, hql: str) -> list:
-    """Run one HQL projection as alice with omero-py and return the first column, sorted."""
-    import omero.clients
-    from omero.rtypes import unwrap
-
-    client = omero.client(host=server.host, port=server.port)
-    try:
-        session = client.createSession("alice", "omero")
-        rows = session.getQueryService().projection(hql, None, {"omero.group": "-1"})
-        return sorted(unwrap(row[0]) for row in rows)
-    finally:
-        client.closeSession()
 
 
 def image_ids(mount_path: Path) -> list[int]:
@@ -56,12 +44,12 @@ def metadata_files(mount_path: Path) -> list[Path]:
     return files
 
 
-def test_readme_grep_lists_anaphase_images(sample_server, mounter):
-    mount = mounter(sample_server)
-    tags = set(projection(sample_server, "select t.id from TagAnnotation t where t.textValue = 'anaphase'"))
+def test_readme_grep_lists_anaphase_images(omero_server, mounter):
+    mount = mounter(omero_server)
+    tags = set(projection(omero_server, "alice", "select t.id from TagAnnotation t where t.textValue = 'anaphase'"))
     expected = set()
     for tag_id in tags:
-        expected.update(projection(sample_server,
+        expected.update(projection(omero_server, "alice",
                                    f"select l.parent.id from ImageAnnotationLink l where l.child.id = {tag_id}"))
     assert expected, "the sample repository has no image tagged anaphase"
 
@@ -72,8 +60,8 @@ def test_readme_grep_lists_anaphase_images(sample_server, mounter):
     assert [int(line) for line in result.stdout.split()] == sorted(expected)
 
 
-def test_metadata_files_are_one_line(sample_server, mounter):
-    mount = mounter(sample_server)
+def test_metadata_files_are_one_line(omero_server, mounter):
+    mount = mounter(omero_server)
     files = metadata_files(mount.path)
     assert len(files) > len(image_ids(mount.path))
     for path in files:
@@ -84,8 +72,8 @@ def test_metadata_files_are_one_line(sample_server, mounter):
         assert re.match(rb'<[A-Za-z]+ xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" ID="', content), path
 
 
-def test_every_export_is_schema_valid(sample_server, mounter, tmp_path):
-    mount = mounter(sample_server)
+def test_every_export_is_schema_valid(omero_server, mounter, tmp_path):
+    mount = mounter(omero_server)
     schema = xmlschema.XMLSchema(str(OME_XSD))
     local_copies = []
     for image_id in image_ids(mount.path):
@@ -128,8 +116,8 @@ def xml_validate(paths: list[Path]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_file_attachment_reads_attached_bytes(sample_server, mounter):
-    mount = mounter(sample_server)
+def test_file_attachment_reads_attached_bytes(omero_server, mounter):
+    mount = mounter(omero_server)
     attachments = {}
     for image_id in image_ids(mount.path):
         annotations = mount.path / "Image" / str(image_id) / "Annotation"
@@ -143,8 +131,8 @@ def test_file_attachment_reads_attached_bytes(sample_server, mounter):
         assert path.read_bytes() == (ATTACHMENTS / name).read_bytes()
 
 
-def test_annotation_links_resolve_inside_mount(sample_server, mounter):
-    mount = mounter(sample_server)
+def test_annotation_links_resolve_inside_mount(omero_server, mounter):
+    mount = mounter(omero_server)
     root = os.path.realpath(mount.path)
     for image_id in image_ids(mount.path):
         for kind in ("Annotation", "Roi"):
@@ -155,8 +143,8 @@ def test_annotation_links_resolve_inside_mount(sample_server, mounter):
                 assert os.path.isdir(target)
 
 
-def test_containers_link_to_object_directories(sample_server, mounter):
-    mount = mounter(sample_server)
+def test_containers_link_to_object_directories(omero_server, mounter):
+    mount = mounter(omero_server)
     root = os.path.realpath(mount.path)
     projects = os.listdir(mount.path / "Project")
     assert projects
@@ -175,7 +163,7 @@ def test_containers_link_to_object_directories(sample_server, mounter):
                 link = mount.path / "Plate" / plate / "Well" / well / "Image" / image
                 assert os.path.realpath(link) == os.path.join(root, "Image", image)
                 plate_images.append(int(image))
-    expected = projection(sample_server, "select ws.image.id from WellSample ws")
+    expected = projection(omero_server, "alice", "select ws.image.id from WellSample ws")
     assert sorted(plate_images) == expected
     for screen in os.listdir(mount.path / "Screen"):
         for plate in os.listdir(mount.path / "Screen" / screen / "Plate"):
@@ -187,7 +175,7 @@ def generated_server(tmp_path_factory):
     directory = tmp_path_factory.mktemp("generated")
     subprocess.run([sys.executable, "-m", "omerofs.testserver.generate", str(directory), "--images",
                     str(GENERATED_IMAGES), "--big-files", "0"], check=True, capture_output=True, timeout=300)
-    server = start_server(["--data", str(directory)], directory)
+    server = start_omero_server(directory, manifest=directory / "manifest.yaml")
     yield server
     server.stop()
 

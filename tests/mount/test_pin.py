@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import projection
-from support import OMEROFS, showinf, source_files, start_server
+from support import OMEROFS, projection, showinf, source_files
 
 
 def run_omerofs(*args, cache_dir, runtime, password="omero", timeout=300):
@@ -38,11 +37,9 @@ def links_below(directory: Path) -> list[Path]:
 
 
 @pytest.fixture
-def own_server(tmp_path):
+def own_server(omero_server_factory):
     """A server of this test's own, so that stopping it or setting knobs affects no other test."""
-    server = start_server(["--sample"], tmp_path)
-    yield server
-    server.stop()
+    return omero_server_factory()
 
 
 def test_pinned_dataset_works_offline(own_server, mounter, tmp_path, runtime_dir):
@@ -227,27 +224,27 @@ def test_corrupted_bytes_fail_the_pin(own_server, tmp_path, runtime_dir):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_restricted_files_are_listed_and_rest_pinned(sample_server, tmp_path, runtime_dir, plate_image_ids):
+def test_restricted_files_are_listed_and_rest_pinned(omero_server, tmp_path, runtime_dir, plate_image_ids):
     cache_dir = tmp_path / "cache"
-    dataset = dataset_ids(sample_server)[0]
-    image_id = projection(sample_server, "alice",
+    dataset = dataset_ids(omero_server)[0]
+    image_id = projection(omero_server, "alice",
                           f"select l.child.id from DatasetImageLink l where l.parent.id = {dataset}")[0]
-    result = pin(sample_server, f"Image:{image_id},{plate_image_ids[0]}", "--json", cache_dir=cache_dir,
+    result = pin(omero_server, f"Image:{image_id},{plate_image_ids[0]}", "--json", cache_dir=cache_dir,
                  runtime=runtime_dir)
     assert result.returncode == 10
     summary = json.loads(result.stdout)
     assert summary["restricted"]
     assert summary["files"] >= 1
-    text = pin(sample_server, f"Image:{plate_image_ids[0]}", cache_dir=cache_dir, runtime=runtime_dir)
+    text = pin(omero_server, f"Image:{plate_image_ids[0]}", cache_dir=cache_dir, runtime=runtime_dir)
     assert text.returncode == 10
     assert "restricts" in text.stdout
     assert summary["restricted"][0]["name"] in text.stdout
 
 
-def test_status_reports_pins_and_unpin_releases(sample_server, tmp_path, runtime_dir):
+def test_status_reports_pins_and_unpin_releases(omero_server, tmp_path, runtime_dir):
     cache_dir = tmp_path / "cache"
-    target = f"Dataset:{dataset_ids(sample_server)[0]}"
-    summary = json.loads(pin(sample_server, target, "--json", cache_dir=cache_dir, runtime=runtime_dir).stdout)
+    target = f"Dataset:{dataset_ids(omero_server)[0]}"
+    summary = json.loads(pin(omero_server, target, "--json", cache_dir=cache_dir, runtime=runtime_dir).stdout)
     status = json.loads(run_omerofs("status", "--json", cache_dir=cache_dir, runtime=runtime_dir).stdout)
     assert len(status["pins"]) == 1
     entry = status["pins"][0]
@@ -258,25 +255,25 @@ def test_status_reports_pins_and_unpin_releases(sample_server, tmp_path, runtime
     assert entry["local_bytes"] == summary["bytes"]
     assert status["pinned"] >= summary["bytes"]
 
-    result = run_omerofs("unpin", target, "-s", sample_server.host, cache_dir=cache_dir, runtime=runtime_dir)
+    result = run_omerofs("unpin", target, "-s", omero_server.host, cache_dir=cache_dir, runtime=runtime_dir)
     assert result.returncode == 0, result.stderr
     status = json.loads(run_omerofs("status", "--json", cache_dir=cache_dir, runtime=runtime_dir).stdout)
     assert status["pins"] == []
     assert status["pinned"] < summary["bytes"]
     assert status["cached"] >= summary["bytes"]
 
-    missing = run_omerofs("unpin", target, "-s", sample_server.host, cache_dir=cache_dir, runtime=runtime_dir)
+    missing = run_omerofs("unpin", target, "-s", omero_server.host, cache_dir=cache_dir, runtime=runtime_dir)
     assert missing.returncode == 2
 
 
-def test_size_limit_evicts_unpinned_and_keeps_pinned(sample_server, mounter, tmp_path, runtime_dir,
+def test_size_limit_evicts_unpinned_and_keeps_pinned(omero_server, mounter, tmp_path, runtime_dir,
                                                      plate_image_ids):
     cache_dir = tmp_path / "cache"
-    datasets = dataset_ids(sample_server)
-    summary = json.loads(pin(sample_server, f"Dataset:{datasets[0]}", "--json", cache_dir=cache_dir,
+    datasets = dataset_ids(omero_server)
+    summary = json.loads(pin(omero_server, f"Dataset:{datasets[0]}", "--json", cache_dir=cache_dir,
                              runtime=runtime_dir).stdout)
     limit = 1024 * 1024
-    mount = mounter(sample_server, "--cache-size", str(limit), cache_dir=cache_dir)
+    mount = mounter(omero_server, "--cache-size", str(limit), cache_dir=cache_dir)
     for image_id in sorted(int(n) for n in os.listdir(mount.path / "Image")):
         if image_id in plate_image_ids:
             continue

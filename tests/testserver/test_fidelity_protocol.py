@@ -430,7 +430,7 @@ class _SlowUsedFiles:
 def test_command_result_arrives_by_callback():
     """A response not ready at the client's one poll must come through
     CmdCallback.finished, over the connection the client opened."""
-    from conftest import SAMPLE_MANIFEST
+    from omerofs.testserver.process import SAMPLE_MANIFEST
     from omerofs.testserver import store
     from omerofs.testserver.server import TestServer
 
