@@ -277,6 +277,9 @@ class Connection:
                 session = client.createSession(self._credentials.user, self._credentials.password)
             else:
                 raise AuthenticationError("No session key or password to log in with.")
+            # A dropped connection would otherwise end the session with it, and
+            # the reconnect could not re-join; close() ends owned sessions itself.
+            session.detachOnDestroy()
             client.enableKeepAlive(KEEP_ALIVE_SECONDS)
             if self._credentials.session_key is None:
                 # Reconnecting after expiry re-joins this session first.
@@ -329,9 +332,11 @@ class Connection:
             if client is None:
                 return
             try:
-                if not self._credentials.session_key_owned:
-                    client.getSession().detachOnDestroy()
-                client.closeSession()
+                if self._credentials.session_key_owned:
+                    client.killSession()
+                    log.info("closed session %s...", self._credentials.session_key[:8])
+                else:
+                    client.closeSession()
             except Exception as error:
                 log.debug("closing the session failed: %r", error)
             self._drop_locked()
@@ -342,7 +347,6 @@ class Connection:
             client = self._client
             if client is not None:
                 try:
-                    client.getSession().detachOnDestroy()
                     client.closeSession()
                 except Exception as error:
                     log.debug("detaching from the session failed: %r", error)

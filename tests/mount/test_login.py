@@ -72,3 +72,25 @@ def test_password_stays_out_of_ps_environment_and_log(mounter, tmp_path, omero_s
             assert password.encode() not in path.read_bytes(), path
     finally:
         server.stop()
+
+
+def test_umount_closes_the_session_omerofs_created(omero_server, mounter):
+    mount = mounter(omero_server)
+    assert os.listdir(mount.path / "Image")
+    omero_server.control.reset()
+    mount.unmount()
+    assert omero_server.control.counters().get("ISession.closeSession", 0) >= 1
+
+
+def test_umount_leaves_a_given_session_open(omero_server, mounter):
+    import omero.clients
+
+    key = new_session_key(omero_server)
+    mount = mounter(omero_server, "-k", key, user=None, password=None)
+    assert os.listdir(mount.path / "Image")
+    mount.unmount()
+    client = omero.client(host=omero_server.host, port=omero_server.port)
+    try:
+        client.joinSession(key)
+    finally:
+        client.closeSession()
