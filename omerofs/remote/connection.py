@@ -235,6 +235,18 @@ def original_file_record(obj) -> records.OriginalFile:
     )
 
 
+def _used_files_record(response) -> records.UsedFiles:
+    """Turn a UsedFilesResponse (or the pre-fileset kind) into a record."""
+    if isinstance(response, omero.cmd.UsedFilesResponsePreFs):
+        binary = set(response.archivedFiles or [])
+        companion = set(response.companionFiles or []) | set(response.originalMetadataFiles or [])
+    else:
+        binary = set(response.binaryFilesThisSeries or []) | set(response.binaryFilesOtherSeries or [])
+        companion = (set(response.companionFilesThisSeries or [])
+                     | set(response.companionFilesOtherSeries or []))
+    return records.UsedFiles(frozenset(binary), frozenset(companion - binary))
+
+
 class Connection:
     """One OMERO session with retries, reconnection and a pool of file stores.
 
@@ -254,6 +266,7 @@ class Connection:
         self._generation = 0
         self._local = threading.local()
         self._stores: list = []
+        self._services: dict[int, object] = {}
         self._closed = False
 
     # Session life cycle
@@ -323,6 +336,7 @@ class Connection:
                 pass
         self._client = None
         self._session = None
+        self._services = {}
 
     def close(self) -> None:
         """End the session if omerofs created it, else detach from it."""
@@ -410,6 +424,13 @@ class Connection:
                     if not error.temporary:
                         raise
 
+    def _query_service(self, session):
+        """Return the session's IQuery proxy, asking the server for it once per session."""
+        cached = self._services.get(id(session))
+        if cached is None:
+            cached = self._services[id(session)] = session.getQueryService()
+        return cached
+
     # Server identity
 
     def server_identity(self) -> records.ServerIdentity:
@@ -422,7 +443,7 @@ class Connection:
 
     def _query(self, what: str, hql: str, params, method: str = "findAllByQuery"):
         def run(session):
-            query = session.getQueryService()
+            query = self._query_service(session)
             return getattr(query, method)(hql, params, self._context)
         return self._call(what, run)
 
@@ -492,19 +513,22 @@ class Connection:
             for fileset_id, image_id in rows:
                 images.setdefault(fileset_id, []).append(image_id)
 
+        # Any image of a fileset gets the verdict on all of its files.
+        verdicts = self.used_files_of_images([ids[0] for ids in images.values() if ids])
         found = {}
         for fileset_id, files in entries.items():
             image_ids = images.get(fileset_id, [])
-            used = self.used_files(image_ids[0]) if image_ids else records.UsedFiles(frozenset(), frozenset())
+            used = verdicts.get(image_ids[0]) if image_ids else None
+            if used is None:
+                used = records.UsedFiles(frozenset(), frozenset())
             mtime = max((f.mtime for f in files), default=0.0)
             found[fileset_id] = records.Fileset(fileset_id, tuple(files), tuple(image_ids), used, mtime)
         return found
 
-    def used_files(self, image_id: int) -> records.UsedFiles:
-        """Ask the server which of an image's files are binary and which companion."""
+    def _submit(self, what: str, request):
+        """Submit a command and return its response once it has finished."""
         def run(session):
             client = self._client
-            request = omero.cmd.UsedFilesRequest(imageId=image_id)
             handle = session.submit(request, self._context)
             callback = client.waitOnCmd(handle, loops=60, ms=500, failonerror=False,
                                         failontimeout=True, closehandle=True)
@@ -513,18 +537,38 @@ class Connection:
             finally:
                 callback.close(True)
 
-        response = self._call(f"Asking which files image {image_id} uses", run)
+        return self._call(what, run)
+
+    def used_files_of_images(self, image_ids: Sequence[int]) -> dict[int, records.UsedFiles]:
+        """Ask for many images' verdicts in one DoAll command per batch.
+
+        One image the server cannot answer for fails a whole DoAll, so that
+        batch is asked again image by image, and images still failing are
+        left out of the result.
+        """
+        verdicts: dict[int, records.UsedFiles] = {}
+        for batch in _batches(list(image_ids)):
+            if len(batch) > 1:
+                request = omero.cmd.DoAll(requests=[omero.cmd.UsedFilesRequest(imageId=i) for i in batch])
+                response = self._submit(f"Asking which files {len(batch)} images use", request)
+                if isinstance(response, omero.cmd.DoAllRsp):
+                    verdicts.update(zip(batch, (_used_files_record(r) for r in response.responses)))
+                    continue
+            for image_id in batch:
+                try:
+                    verdicts[image_id] = self.used_files(image_id)
+                except ServerFailure as error:
+                    log.warning("%s", error)
+        return verdicts
+
+    def used_files(self, image_id: int) -> records.UsedFiles:
+        """Ask the server which of an image's files are binary and which companion."""
+        request = omero.cmd.UsedFilesRequest(imageId=image_id)
+        response = self._submit(f"Asking which files image {image_id} uses", request)
         if isinstance(response, omero.cmd.ERR):
             raise ServerFailure(f"The server could not list the files of image {image_id}: "
                                 f"{response.category} {response.name}")
-        if isinstance(response, omero.cmd.UsedFilesResponsePreFs):
-            binary = set(response.archivedFiles or [])
-            companion = set(response.companionFiles or []) | set(response.originalMetadataFiles or [])
-        else:
-            binary = set(response.binaryFilesThisSeries or []) | set(response.binaryFilesOtherSeries or [])
-            companion = (set(response.companionFilesThisSeries or [])
-                         | set(response.companionFilesOtherSeries or []))
-        return records.UsedFiles(frozenset(binary), frozenset(companion - binary))
+        return _used_files_record(response)
 
     def original_files(self, file_ids: Sequence[int]) -> dict[int, records.OriginalFile]:
         """Return the OriginalFile rows among ``file_ids`` that exist and are readable."""

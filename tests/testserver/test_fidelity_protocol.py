@@ -412,6 +412,28 @@ def test_used_files_of_unknown_image_is_bad_image(omero_server):
     assert "9999" in error.parameters["message"]
 
 
+def test_do_all_answers_each_request_in_order(omero_server):
+    request = omero.cmd.DoAll(requests=[omero.cmd.UsedFilesRequest(imageId=i) for i in (22, 1)])
+    with session(omero_server) as (client, _):
+        response = client.submit(request, loops=20, ms=250).getResponse()
+
+    assert isinstance(response, omero.cmd.DoAllRsp)
+    assert isinstance(response.responses[0], omero.cmd.UsedFilesResponsePreFs)
+    assert response.responses[0].archivedFiles == [900]
+    assert response.responses[1].binaryFilesThisSeries == [101]
+    assert len(response.status) == 2
+
+
+def test_do_all_with_one_bad_request_is_its_error(omero_server):
+    request = omero.cmd.DoAll(requests=[omero.cmd.UsedFilesRequest(imageId=i) for i in (1, 9999)])
+    with session(omero_server) as (client, _):
+        with pytest.raises(omero.CmdError) as raised:
+            client.submit(request, loops=20, ms=250)
+
+    assert raised.value.err.name == "bad-image"
+    assert raised.value.err.category == "::omero::cmd::UsedFilesRequest"
+
+
 class _SlowUsedFiles:
     """A repository whose UsedFilesRequest takes a while, like a real server's."""
 

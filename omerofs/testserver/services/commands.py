@@ -79,17 +79,34 @@ class HandleI(Servant, omero.cmd.Handle):
             self._notify(connection, identity)
 
     def _execute(self):
-        if isinstance(self.request, omero.cmd.UsedFilesRequest):
-            return self._used_files()
+        return self._execute_one(self.request)
+
+    def _execute_one(self, request):
+        if isinstance(request, omero.cmd.DoAll):
+            return self._do_all(request)
+        if isinstance(request, omero.cmd.UsedFilesRequest):
+            return self._used_files(request)
         raise _RequestFailure(
             "unknown-request",
-            f"The OMERO test server does not handle {self.request.ice_id()}",
+            f"The OMERO test server does not handle {request.ice_id()}",
         )
 
-    def _used_files(self):
+    def _do_all(self, request):
+        # As OMERO's DoAllI: the sub-requests run in order, and the first one
+        # that fails makes its ERR the response of the whole DoAll.
+        responses = []
+        for sub_request in request.requests or []:
+            response = self._execute_one(sub_request)
+            if isinstance(response, omero.cmd.ERR):
+                return response
+            responses.append(response)
+        statuses = [omero.cmd.Status(steps=1, currentStep=1) for _ in responses]
+        return omero.cmd.DoAllRsp(responses=responses, status=statuses)
+
+    def _used_files(self, request):
         # OMERO runs UsedFilesRequest in all of the user's groups.
         viewer = store.Viewer(self.factory.session.user_id, -1)
-        return self.factory.server.repository.used_files(self.request.imageId, viewer)
+        return self.factory.server.repository.used_files(request.imageId, viewer)
 
     def _error_response(self, exc: Exception) -> omero.cmd.ERR:
         if isinstance(exc, _RequestFailure):
