@@ -1,4 +1,4 @@
-"""The persistent block cache: the only module that knows the on-disk layout.
+"""The persistent block cache, the only module that defines the on-disk layout.
 
 Layout under the cache directory::
 

@@ -1,7 +1,7 @@
 """Metadata records by object, fetched in batches and kept for offline use.
 
 The catalog sits between the namespace (``tree``) and the server
-(``remote.Connection``). It answers with records from memory when they are
+(``remote.Connection``). It returns records from memory when they are
 fresh, from the server otherwise, and falls back to the records persisted
 in the block cache when the server cannot be reached or the mount is
 offline.
@@ -34,8 +34,8 @@ T = TypeVar("T")
 DEFAULT_TTL = 60.0
 
 # Parallel metadata calls. Listings are cheap per call but come in bursts
-# (ls -l of a dataset); four threads keep them moving without crowding out
-# the data downloads' threads.
+# (ls -l of a dataset), so four threads keep them moving without crowding
+# out the data downloads' threads.
 METADATA_CONCURRENCY = 4
 
 # A listing of all readable images is fetched in pages of this many IDs.
@@ -293,7 +293,7 @@ class Catalog:
         return None
 
     def known_file(self, file_id: int) -> records.OriginalFile | None:
-        """Return a file's record if any loaded or persisted fileset holds it."""
+        """Return a file's record if any loaded or persisted fileset contains it."""
         return self._files.get(file_id)
 
     def repository_files(self, uuid: str | None) -> dict[int, records.OriginalFile]:

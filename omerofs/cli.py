@@ -138,7 +138,7 @@ def _password(user: str | None, server: str) -> str:
 
 
 def _connect(args):
-    """Log in as the options say and return the connected ``remote.Connection``.
+    """Log in with the command-line options and return the connected ``remote.Connection``.
 
     Errors and the password prompt reach the user here, in the foreground.
     """
@@ -278,7 +278,7 @@ def command_pin(args) -> int:
 def _cached_server(cache, args) -> str:
     server = cache.get_record(f"address/{args.server}:{args.port}")
     if server is None:
-        raise UsageError(f"The cache holds nothing from {args.server}.")
+        raise UsageError(f"The cache contains no data from {args.server}; check -s and --cache-dir.")
     return server
 
 

@@ -1,4 +1,4 @@
-"""Block reads of original files: cache first, then the server, exactly once.
+"""Block reads of original files: cache first, then the server, one download per block.
 
 Design:
 

@@ -8,7 +8,7 @@ unexpected into EIO with a logged traceback: pyfuse3 only expects
 the mount.
 
 Inodes: each node key gets one inode on first sight. The kernel's lookup
-count (lookups plus entries returned by readdir, which pyfuse3 answers as
+count (lookups plus entries returned by readdir, which pyfuse3 sends as
 READDIRPLUS) is tracked, and ``forget`` drops the inode when it reaches
 zero, so memory follows what the kernel still holds.
 """

@@ -118,7 +118,7 @@ def _server_identity(options: MountOptions, cache: BlockCache, connection) -> st
         return identity.database_uuid
     uuid = cache.get_record(address_key)
     if uuid is None:
-        raise CacheError(f"The cache in {cache.directory} holds nothing from {options.server}; "
+        raise CacheError(f"The cache in {cache.directory} contains no data from {options.server}; "
                          "mount once while the server is reachable (or pin data) before mounting offline.")
     return uuid
 
@@ -135,7 +135,7 @@ def _connect(options: MountOptions):
     try:
         connection.connect()
     except ServerUnavailable as error:
-        log.warning("%s; serving what the cache holds, offline", error)
+        log.warning("%s; serving the cached data offline", error)
         return None
     return connection
 
@@ -149,8 +149,8 @@ def run(options: MountOptions, ready: Callable[[str | None], None]) -> int:
     connection = None
     cache = None
     mounted = False
-    # Resolve the path before mounting: afterwards, resolving it is a FUSE
-    # request that nobody answers until the main loop runs.
+    # Resolve the path before mounting. Afterwards, resolving it is a FUSE
+    # request that stays unanswered until the main loop runs.
     mountpoint = os.path.realpath(options.mountpoint)
     registration = registration_path(mountpoint)
     try:

@@ -30,8 +30,8 @@ from .fetch import Fetcher
 log = logging.getLogger(__name__)
 
 # Files pinned at once. Each file's blocks download in parallel as well,
-# so a few files suffice to keep the data limiter busy; more would only
-# scatter the progress across many half-done files.
+# so a few files keep the data limiter busy. More would only scatter the
+# progress across many half-done files.
 FILE_CONCURRENCY = 4
 
 # Plain progress lines (when the output is not a terminal) come at most

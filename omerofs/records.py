@@ -54,7 +54,7 @@ class Image:
 class UsedFiles:
     """The server's verdict on a fileset's files, by OriginalFile ID.
 
-    ``binary`` holds the files the reader needs for pixels; ``companion``
+    ``binary`` contains the files the reader needs for pixels; ``companion``
     the files it reads without pixels. A file in both is binary.
     """
 
@@ -81,7 +81,7 @@ class Fileset:
 
 @dataclass(frozen=True)
 class ServerIdentity:
-    """What distinguishes one server's data from another's in the cache."""
+    """Server identity that separates one server's data from another's in the cache."""
 
     database_uuid: str
     version: str = ""

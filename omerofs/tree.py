@@ -114,7 +114,7 @@ def climb(depth: int) -> str:
 
 @dataclass(frozen=True)
 class Attributes:
-    """What ``fs`` needs to describe a node."""
+    """Node description for ``fs``: kind, size, time and cacheability."""
 
     kind: str  # "dir", "link" or "file"
     size: int = 0

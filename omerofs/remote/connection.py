@@ -64,7 +64,7 @@ MAX_READ = 16 * 1024 * 1024
 # error within seconds rather than a hang (milliseconds, as Ice takes them).
 CONNECT_TIMEOUT_MS = 5000
 
-# A call that gets no answer for this long fails instead of hanging the
+# A call without a reply for this long fails instead of hanging the
 # process that waits on it. A 16 MiB read at 1 MiB/s still fits.
 INVOCATION_TIMEOUT_MS = 30000
 
@@ -80,7 +80,7 @@ RESTRICT_BINARY_ACCESS = "RESTRICT-BINARY-ACCESS"
 
 @dataclass(frozen=True)
 class ServerAddress:
-    """Where the server is: what omero.client takes as host and port."""
+    """Server address: the host and port that omero.client takes."""
 
     host: str
     port: int = DEFAULT_PORT
@@ -116,7 +116,7 @@ class ServerAddress:
 class Credentials:
     """How to log in. Exactly one of ``password`` and ``session_key`` is used.
 
-    ``session_key_owned`` tells whether omerofs created the session and so
+    ``session_key_owned`` is True when omerofs created the session and so
     closes it at the end; a key given by the user or stored by ``omero
     login`` belongs to someone else and is only detached.
     """
@@ -154,7 +154,12 @@ def stored_session_key(address: ServerAddress, user: str | None) -> str | None:
         hosts.append(address.host.rsplit(":", 1)[0])
     last_host, last_user, last_uuid, _ = store.get_current()
     for host in hosts:
-        users = [user] if user else [last_user] if last_host == host and last_user else []
+        if user:
+            users = [user]
+        elif last_host == host and last_user:
+            users = [last_user]
+        else:
+            users = []
         for name in users:
             keys = store.available(host, name)
             if host == last_host and name == last_user and last_uuid in keys:
@@ -542,7 +547,7 @@ class Connection:
     def used_files_of_images(self, image_ids: Sequence[int]) -> dict[int, records.UsedFiles]:
         """Ask for many images' verdicts in one DoAll command per batch.
 
-        One image the server cannot answer for fails a whole DoAll, so that
+        One failed sub-request fails a whole DoAll, so that
         batch is asked again image by image, and images still failing are
         left out of the result.
         """
