@@ -3,7 +3,7 @@
 ``omerofs mount`` logs in, then starts this module as a detached process
 (``python -m omerofs.mount``) and sends it the options as JSON on standard
 input, so a password or session key never appears in ``ps``. The daemon
-answers one line on standard output, ``ready`` or ``error: MESSAGE``,
+writes one line on standard output, ``ready`` or ``error: MESSAGE``,
 then logs only to its log file. With ``--foreground`` the same code runs
 in the command's own process.
 
