@@ -284,3 +284,23 @@ def test_size_limit_evicts_unpinned_and_keeps_pinned(omero_server, mounter, tmp_
     assert status["cached"] <= limit + 1024 * 1024 + 64 * 1024
     assert status["pins"][0]["local_bytes"] == summary["bytes"]
     assert status["pins"][0]["verified_files"] == summary["files"]
+
+
+def test_running_mount_serves_new_pins_without_server_reads(omero_server, mounter, tmp_path, runtime_dir):
+    cache_dir = tmp_path / "cache"
+    dataset = dataset_ids(omero_server)[0]
+    mount = mounter(omero_server, cache_dir=cache_dir)
+    result = pin(omero_server, f"Dataset:{dataset}", "--json", cache_dir=cache_dir, runtime=runtime_dir)
+    assert result.returncode == 0, result.stderr
+    omero_server.control.reset()
+    image_ids = projection(omero_server, "alice",
+                           f"select l.child.id from DatasetImageLink l where l.parent.id = {dataset}")
+    read = 0
+    for image_id in image_ids:
+        for link in links_below(mount.path / "Image" / str(image_id) / "Binary"):
+            read += len(Path(os.path.realpath(link)).read_bytes())
+    assert read > 0
+    assert omero_server.control.counters().get("RawFileStore.read", 0) == 0
+
+    status = json.loads(run_omerofs("status", "--json", cache_dir=cache_dir, runtime=runtime_dir).stdout)
+    assert [m["mountpoint"] for m in status["mounts"]] == [str(mount.path)]
