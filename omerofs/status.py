@@ -1,6 +1,7 @@
 """``omerofs status``: the cache, its pinned targets and the mounts using it."""
 
 import json
+import os
 from pathlib import Path
 
 from .blocks import BlockCache
@@ -28,6 +29,18 @@ def _pins(cache: BlockCache) -> list[dict]:
     return pins
 
 
+def _running(pid) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _mounts(cache_dir: Path) -> list[dict]:
     mounts = []
     for path in sorted(runtime_dir().glob("mount-*.json")):
@@ -36,6 +49,10 @@ def _mounts(cache_dir: Path) -> list[dict]:
         except (OSError, ValueError):
             continue
         if Path(content.get("cache_dir", "")).resolve() != cache_dir.resolve():
+            continue
+        if not _running(content.get("pid")):
+            # A daemon that was killed could not remove its registration.
+            path.unlink(missing_ok=True)
             continue
         statistics = content.get("statistics", {})
         reads = statistics.get("hits", 0) + statistics.get("misses", 0)
