@@ -268,4 +268,5 @@ class Operations(pyfuse3.Operations):
 
 def _listing_order(name: str) -> tuple:
     """Sort numeric names (object IDs) numerically, before other names."""
-    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+    # Names from the server may hold digits such as "²" that int() rejects.
+    return (0, int(name), "") if name.isascii() and name.isdigit() else (1, 0, name)

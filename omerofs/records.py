@@ -109,7 +109,7 @@ def parse_target(text: str) -> ImageTarget:
     ids = []
     for part in ids_text.split(","):
         part = part.strip()
-        if not part.isdigit() or int(part) <= 0:
+        if not (part.isascii() and part.isdigit()) or int(part) <= 0:
             raise UsageError(f"Invalid ID {part!r} in target {text!r}; IDs are positive integers.")
         ids.append(int(part))
     return ImageTarget(matches[0], tuple(ids))

@@ -64,7 +64,8 @@ def path_components(path: str) -> tuple[str, ...]:
 
 def parse_id(name: str) -> int | None:
     """Return the object ID a directory entry name stands for, or None."""
-    if not name.isdigit() or name.startswith("0"):
+    # str.isdigit also accepts digits such as "²" that int() rejects.
+    if not (name.isascii() and name.isdigit()) or name.startswith("0"):
         return None
     return int(name)
 

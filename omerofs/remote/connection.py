@@ -96,7 +96,7 @@ class ServerAddress:
             if scheme not in ("tcp", "ssl", "ws", "wss"):
                 raise UsageError(f"Unsupported scheme {scheme!r} in server address {server!r}; use tcp:// or ssl://.")
             host, _, port_text = rest.rpartition(":")
-            if not host or not port_text.isdigit():
+            if not host or not (port_text.isascii() and port_text.isdigit()):
                 raise UsageError(f"Invalid server address {server!r}; expected {scheme}://HOST:PORT.")
             return cls(server, int(port_text))
         if port is None:
@@ -321,7 +321,7 @@ class Connection:
             return "-1"
         admin = self._session.getAdminService()
         try:
-            if self._group_name.isdigit():
+            if self._group_name.isascii() and self._group_name.isdigit():
                 return str(int(self._group_name))
             return str(unwrap(admin.lookupGroup(self._group_name).id))
         except omero.ApiUsageException as error:

@@ -24,7 +24,8 @@ def test_target_parses(text, kind, ids):
     assert target.ids == ids
 
 
-@pytest.mark.parametrize("text", ["Image", "Image:", "Image:x", "Image:0", "Image:-1", "Tag:1", ":1", "Image:1,,2"])
+@pytest.mark.parametrize("text", ["Image", "Image:", "Image:x", "Image:0", "Image:-1", "Tag:1", ":1", "Image:1,,2",
+                                  "Image:²", "Image:١"])
 def test_invalid_target_is_usage_error(text):
     with pytest.raises(UsageError):
         records.parse_target(text)
@@ -40,3 +41,11 @@ def test_size_parses(text, value):
 def test_invalid_size_is_rejected(text):
     with pytest.raises(argparse.ArgumentTypeError):
         parse_size(text)
+
+
+@pytest.mark.parametrize("server", ["tcp://127.0.0.1:²", "tcp://127.0.0.1:١٢", "tcp://127.0.0.1:x"])
+def test_server_address_with_non_ascii_port_is_usage_error(server):
+    from omerofs.remote import ServerAddress
+
+    with pytest.raises(UsageError):
+        ServerAddress.parse(server)

@@ -142,6 +142,9 @@ def test_unknown_and_malformed_ids_are_not_found(tmp_path):
         assert await images.lookup("7") is None
         assert await images.lookup("007") is None
         assert await images.lookup("x") is None
+        # Unicode digits: "²" is a digit to str.isdigit but not to int().
+        assert await images.lookup("²") is None
+        assert await images.lookup("١") is None
 
     trio.run(walk)
 
@@ -158,3 +161,10 @@ def test_image_without_fileset_has_empty_file_directories(tmp_path):
         assert await children["Companion"].children() == {}
 
     trio.run(walk)
+
+
+def test_listing_order_accepts_unicode_digit_names():
+    from omerofs.fs import _listing_order
+
+    names = ["²", "10", "9", "١٢", "a"]
+    assert sorted(names, key=_listing_order) == ["9", "10", "a", "²", "١٢"]
