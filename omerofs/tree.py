@@ -16,6 +16,7 @@ server's names: every name goes through ``safe_name`` first.
 import hashlib
 import logging
 import posixpath
+import re
 from dataclasses import dataclass
 
 from . import records
@@ -31,26 +32,34 @@ TOP_LEVEL = ("Image", "Fileset", "Repository")
 
 LEGACY = "Legacy"
 
+# The end of every name that safe_name changed: a hash, then the extension.
+_CHANGED_NAME = re.compile(r"~[0-9a-f]{12}(\.[^.]+)?\Z")
 
-def safe_name(name: str) -> str:
+
+def safe_name(name: str, directory: bool = False) -> str:
     """Return ``name`` made safe as one path component, deterministically.
 
     The result is never empty, ``.`` or ``..``, contains no ``/`` or NUL,
     and encodes to at most NAME_MAX bytes (UTF-8, with undecodable bytes
-    kept by surrogate escapes). A name that must be shortened keeps its
-    start and its extension and gets a hash of the full name, so two long
-    names that differ only at the end stay distinct.
+    kept by surrogate escapes). A name that must change keeps its start
+    and its extension and gets a hash of the original name, so names that
+    clean up alike (``a/b`` and ``a_b``, two long names that differ only at
+    the end) stay distinct. A name that already looks like such a result
+    gets a hash too, so no unchanged name can take a changed one's place.
+    Directory names (``directory``) hash differently from file names, so a
+    directory ``..`` and a file ``..`` side by side stay distinct.
     """
     cleaned = name.replace("/", "_").replace("\x00", "_")
     if cleaned in ("", ".", ".."):
         cleaned = "_" + cleaned
     encoded = cleaned.encode("utf-8", "surrogateescape")
-    if len(encoded) <= NAME_MAX:
-        return cleaned
+    if cleaned == name and len(encoded) <= NAME_MAX and not _CHANGED_NAME.search(name):
+        return name
 
-    digest = hashlib.sha1(encoded).hexdigest()[:12]
+    kind = "d" if directory else "f"
+    digest = hashlib.sha1((kind + name).encode("utf-8", "surrogateescape")).hexdigest()[:12]
     stem, extension = posixpath.splitext(cleaned)
-    if len(extension.encode("utf-8", "surrogateescape")) > 32:
+    if len(extension) < 2 or len(extension.encode("utf-8", "surrogateescape")) > 32:
         stem, extension = cleaned, ""
     budget = NAME_MAX - len(extension.encode("utf-8", "surrogateescape")) - len(digest) - 1
     head = stem.encode("utf-8", "surrogateescape")[:budget].decode("utf-8", "ignore")
@@ -59,7 +68,7 @@ def safe_name(name: str) -> str:
 
 def path_components(path: str) -> tuple[str, ...]:
     """Split an OriginalFile path on ``/`` into safe, non-empty components."""
-    return tuple(safe_name(part) for part in path.split("/") if part not in ("", "."))
+    return tuple(safe_name(part, directory=True) for part in path.split("/") if part not in ("", "."))
 
 
 def parse_id(name: str) -> int | None:
@@ -437,7 +446,12 @@ class RepositoryDir(Directory):
     async def children(self) -> dict[str, Node]:
         children: dict[str, Node] = {}
         depth = len(self.path)
-        for file in self.catalog.repository_files(self.repository.uuid).values():
+        # NOTE: two files share a name here only if the server gives both the
+        # same path and name, which a real managed repository cannot, because
+        # they name one file on its disk. The lowest ID then wins, whatever
+        # order the files were met in.
+        files = self.catalog.repository_files(self.repository.uuid)
+        for file in sorted(files.values(), key=lambda f: f.id):
             components = path_components(file.path)
             if components[:depth] != self.path:
                 continue
@@ -447,7 +461,8 @@ class RepositoryDir(Directory):
                     children[name] = RepositoryDir(self.catalog, self.repository, self.path + (name,))
             else:
                 name = safe_name(file.name)
-                children[name] = File(self.key + (name,), file)
+                if not isinstance(children.get(name), File):
+                    children[name] = File(self.key + (name,), file)
         return children
 
 

@@ -37,7 +37,28 @@ def test_safe_name_keeps_long_names_distinct_and_extension():
 
 
 def test_path_components_drop_traversal():
-    assert tree.path_components("user_2/../x/./y/") == ("user_2", "_..", "x", "y")
+    components = tree.path_components("user_2/../x/./y/")
+    assert components == ("user_2", tree.safe_name("..", directory=True), "x", "y")
+    assert components[1].startswith("_..")
+
+
+@pytest.mark.parametrize("changed, unchanged", [("a/b", "a_b"), ("a\x00b.tif", "a_b.tif"), ("..", "_.."),
+                                                 (".", "_."), ("", "_")])
+def test_safe_name_keeps_cleaned_names_distinct(changed, unchanged):
+    assert tree.safe_name(unchanged) == unchanged
+    assert tree.safe_name(changed) != unchanged
+
+
+def test_safe_name_of_directory_differs_from_file():
+    assert tree.safe_name("..", directory=True) != tree.safe_name("..")
+    assert tree.safe_name("data", directory=True) == tree.safe_name("data") == "data"
+
+
+def test_safe_name_hashes_names_that_look_changed():
+    changed = tree.safe_name("a/b.tif")
+    assert changed.endswith(".tif")
+    # A server name spelled like another name's safe form must not take its place.
+    assert tree.safe_name(changed) != changed
 
 
 def test_layout_of_flat_fileset_has_no_subdirectories():
@@ -168,3 +189,27 @@ def test_listing_order_accepts_unicode_digit_names():
 
     names = ["²", "10", "9", "١٢", "a"]
     assert sorted(names, key=_listing_order) == ["9", "10", "a", "²", "١٢"]
+
+
+def test_links_of_names_that_clean_up_alike_reach_their_own_files(tmp_path):
+    names = {40: "a\x00b", 41: "a_b", 42: "..", 43: "_.."}
+    files = tuple(make_file(file_id, name, "user_2/x/") for file_id, name in names.items())
+    fileset = records.Fileset(9, files, (5,), records.UsedFiles(frozenset(names), frozenset()))
+    connection = FakeConnection({5: records.Image(5, "a", 9)}, {9: fileset},
+                                [records.Repository(99, "ManagedRepository", "repo-uuid")])
+
+    async def walk():
+        root = tree.Root(Catalog(connection, BlockCache(tmp_path), "server-uuid"))
+        binary = await (await (await root.lookup("Fileset")).lookup("9")).lookup("Binary")
+        reached = {}
+        for name, link in (await binary.children()).items():
+            node = root
+            for part in resolve("", f"Fileset/9/Binary/{name}", link.target).split("/"):
+                node = await node.lookup(part)
+            reached[name] = node.file.id
+        return reached
+
+    reached = trio.run(walk)
+    assert sorted(reached.values()) == sorted(names)
+    for name, file_id in reached.items():
+        assert name == tree.safe_name(names[file_id])
