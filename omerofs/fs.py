@@ -107,6 +107,20 @@ class Operations(pyfuse3.Operations):
             self._inodes[inode].node = node
         return inode
 
+    def invalidate_file(self, file_id: int) -> None:
+        """Drop the kernel's cached pages of every inode that shows OriginalFile ``file_id``.
+
+        ``keep_cache`` lets the kernel keep an immutable file's pages across
+        opens, so without this, bytes that failed the checksum would still be
+        served from the page cache after the fetcher dropped its own copies.
+        """
+        for inode, entry in list(self._inodes.items()):
+            if isinstance(entry.node, tree.File) and entry.node.file.id == file_id:
+                try:
+                    pyfuse3.invalidate_inode(inode)
+                except OSError as error:
+                    log.debug("could not invalidate inode %d of OriginalFile %d: %s", inode, file_id, error)
+
     def _node(self, inode: int) -> tree.Node:
         entry = self._inodes.get(inode)
         if entry is None:

@@ -164,6 +164,7 @@ def run(options: MountOptions, ready: Callable[[str | None], None]) -> int:
         download = connection.read if connection is not None else None
         fetcher = Fetcher(cache, server, download, options.block_size)
         operations = Operations(Root(catalog), fetcher, options.ttl)
+        fetcher.on_mismatch = lambda file: operations.invalidate_file(file.id)
 
         fuse_options = set(pyfuse3.default_options)
         fuse_options.update({"fsname=omerofs", "subtype=omerofs", "ro"})

@@ -126,3 +126,28 @@ def test_mountpoint_errors_are_usage_errors(omero_server, tmp_path):
                                 capture_output=True, text=True, env=dict(os.environ, OMERO_PASSWORD="omero"))
         assert result.returncode == 2
         assert "Traceback" not in result.stderr
+
+
+@pytest.mark.allow_warnings
+def test_corrupt_bytes_leave_the_page_cache(omero_server, mounter, reset_knobs):
+    mount = mounter(omero_server)
+    _, binary = first_image_with_binary(mount.path)
+    target = os.path.realpath(binary)
+    expected_size = os.path.getsize(target)
+
+    reset_knobs.set(corrupt_reads=True)
+    with open(target, "rb") as handle:
+        corrupt = handle.read()
+    deadline = time.monotonic() + 30
+    while "does not match the server's" not in mount.log_text():
+        assert time.monotonic() < deadline, "the checksum mismatch was never logged"
+        time.sleep(0.2)
+    reset_knobs.set(corrupt_reads=False)
+
+    # The kernel keeps an immutable file's pages across opens; the mismatch
+    # must drop them, or the corrupt bytes would be served until unmount.
+    with open(target, "rb") as handle:
+        again = handle.read()
+    assert len(again) == expected_size
+    assert again != corrupt
+    assert again[0] == corrupt[0] ^ 0xFF

@@ -173,6 +173,22 @@ def test_checksum_mismatch_drops_blocks(tmp_path):
 
 
 @pytest.mark.allow_warnings
+def test_checksum_mismatch_calls_on_mismatch(tmp_path):
+    data = os.urandom(2 * BLOCK)
+    server = FakeServer({1: data})
+    file = make_file(1, data, good_hash=False)
+    mismatched = []
+
+    async def body(fetcher):
+        fetcher.on_mismatch = mismatched.append
+        await fetcher.read(file, 0, len(data))
+        await trio.sleep(0.3)
+
+    run_with_fetcher(tmp_path, server, body)
+    assert mismatched == [file]
+
+
+@pytest.mark.allow_warnings
 def test_damaged_block_is_refetched(tmp_path):
     data = os.urandom(2 * BLOCK)
     server = FakeServer({1: data})
