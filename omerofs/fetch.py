@@ -15,6 +15,10 @@ Design:
   reader jumping through a large TIFF pays only for what it touches.
 - Read-ahead runs in a background nursery and its failures are only
   logged: the reader gets the error when it reaches that block itself.
+  It starts each block once per stream (``Stream.ahead``) and also loads
+  blocks that the cache holds, in a worker thread, so a warm sequential
+  read finds its blocks in memory instead of waiting for the disk and
+  the block checks in the trio thread.
 - When every block of a file has been seen, the whole file is checked
   against the server's checksum once, in a thread; a mismatch drops the
   file's blocks so they are fetched again.
@@ -67,6 +71,8 @@ class Stream:
 
     next_offset: int = 0
     window: int = 0
+    # Read-ahead has been started for every block below this index.
+    ahead: int = 0
 
 
 @dataclass
@@ -137,7 +143,9 @@ class Fetcher:
         blocks: dict[int, bytes] = {}
         missing = []
         for index in range(first, last + 1):
-            data = self._cached(file, index)
+            data = self._memory_block(file, index)
+            if data is None and (file.id, index) not in self._inflight:
+                data = self._cached(file, index)
             if data is None:
                 missing.append(index)
             else:
@@ -155,12 +163,15 @@ class Fetcher:
         joined = blocks[first] if first == last else b"".join(blocks[i] for i in range(first, last + 1))
         return joined[start:start + end - offset]
 
-    def _cached(self, file: records.OriginalFile, index: int) -> bytes | None:
+    def _memory_block(self, file: records.OriginalFile, index: int) -> bytes | None:
         memory_key = (file.id, index)
         data = self._memory.get(memory_key)
         if data is not None:
             self._memory.move_to_end(memory_key)
-            return data
+        return data
+
+    def _cached(self, file: records.OriginalFile, index: int) -> bytes | None:
+        """Return a block from the block cache (in this thread), or None."""
         data = self.cache.get(self._key(file.id, index))
         if data is None:
             return None
@@ -182,10 +193,12 @@ class Fetcher:
         self._note_present(file, index)
 
     async def _fetch_all(self, file: records.OriginalFile, indexes: list[int], blocks: dict[int, bytes]) -> None:
-        if self.offline:
-            raise OfflineError(f"OriginalFile {file.id} ({file.name}) is not in the cache and the mount is offline")
-        if file.restricted:
-            raise AccessDenied(f"The server restricts downloads of OriginalFile {file.id} ({file.name})")
+        # Blocks under way (read-ahead loading them from the cache) need no download.
+        if any((file.id, index) not in self._inflight for index in indexes):
+            if self.offline:
+                raise OfflineError(f"OriginalFile {file.id} ({file.name}) is not in the cache and the mount is offline")
+            if file.restricted:
+                raise AccessDenied(f"The server restricts downloads of OriginalFile {file.id} ({file.name})")
 
         async def fetch_one(index: int) -> None:
             blocks[index] = await self._fetch(file, index)
@@ -198,7 +211,7 @@ class Fetcher:
                 nursery.start_soon(fetch_one, index)
 
     async def _fetch(self, file: records.OriginalFile, index: int, pinned: bool = False) -> bytes:
-        """Download one block, or wait for the download already under way."""
+        """Load one block from the cache or the server in a worker, or wait for the load under way."""
         memory_key = (file.id, index)
         download = self._inflight.get(memory_key)
         if download is not None:
@@ -223,15 +236,20 @@ class Fetcher:
             download.done.set()
 
     def _download_and_store(self, file: records.OriginalFile, index: int, pinned: bool) -> bytes:
-        """Worker thread: read a block from the server, check it, store it."""
+        """Worker thread: return a cached block, or read it from the server, check it and store it."""
         key = self._key(file.id, index)
         if pinned and self.cache.pin(key):
             return self.cache.get(key)
-        cached = self.cache.get(key)
         expected = self._block_length(file, index)
-        if cached is not None and len(cached) == expected:
-            # Another process (a pin on the same cache) stored it meanwhile.
-            return cached
+        # Read-ahead asks for cached blocks, and another process (a pin on the
+        # same cache) may have stored one meanwhile. The look-up comes first
+        # because a miss in get() costs a write transaction in diskcache.
+        if self.cache.contains(key):
+            cached = self.cache.get(key)
+            if cached is not None and len(cached) == expected:
+                return cached
+        if self._download_block is None:
+            raise OfflineError(f"OriginalFile {file.id} ({file.name}) is not in the cache and the mount is offline")
 
         data = self._download_block(file.id, index * self.block_size, expected)
         if len(data) != expected:
@@ -248,17 +266,18 @@ class Fetcher:
         stream.next_offset = end
         if not sequential:
             stream.window = 0
+            stream.ahead = 0
             return
         stream.window = min(max(2, stream.window * 2), MAX_READAHEAD_BLOCKS)
-        if self._nursery is None or self.offline or file.restricted:
+        if self._nursery is None or file.restricted:
             return
-        total = self.block_count(file)
-        for index in range(last + 1, min(last + 1 + stream.window, total)):
+        start = max(last + 1, stream.ahead)
+        stop = min(last + 1 + stream.window, self.block_count(file))
+        for index in range(start, stop):
             if (file.id, index) in self._inflight or (file.id, index) in self._memory:
                 continue
-            if self.cache.contains(self._key(file.id, index)):
-                continue
             self._nursery.start_soon(self._read_ahead, file, index)
+        stream.ahead = max(stream.ahead, stop)
 
     async def _read_ahead(self, file: records.OriginalFile, index: int) -> None:
         try:

@@ -211,3 +211,30 @@ def test_damaged_block_is_refetched(tmp_path):
 
     run_with_fetcher(tmp_path, server, again)
     assert server.reads[before:] == [(1, 0)]
+
+
+def test_offline_sequential_read_loads_cached_blocks_ahead(tmp_path):
+    data = os.urandom(16 * BLOCK)
+    server = FakeServer({1: data})
+    file = make_file(1, data)
+
+    async def fill(fetcher):
+        await fetcher.read(file, 0, len(data))
+
+    run_with_fetcher(tmp_path, server, fill)
+    reads_before = len(server.reads)
+
+    async def main():
+        fetcher = Fetcher(BlockCache(tmp_path), "srv", None, block_size=BLOCK)
+        stream = Stream()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fetcher.run)
+            for offset in range(0, 4 * BLOCK, BLOCK):
+                assert await fetcher.read(file, offset, BLOCK, stream) == data[offset:offset + BLOCK]
+            await trio.sleep(0.2)
+            ahead = sorted(index for file_id, index in fetcher._memory if index >= 4)
+            nursery.cancel_scope.cancel()
+        return ahead
+
+    assert trio.run(main)
+    assert len(server.reads) == reads_before
