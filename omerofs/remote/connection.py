@@ -384,7 +384,8 @@ class Connection:
             if self._closed:
                 raise ServerUnavailable("The connection is closed.")
             if self._session is None:
-                self._connect_locked()
+                # An earlier reconnect failed; try again, with the same fallback.
+                self._login_again_locked()
             return self._session, self._generation
 
     def _reconnect(self, generation: int) -> None:
@@ -392,14 +393,23 @@ class Connection:
             if self._generation != generation or self._closed:
                 return
             log.warning("session to %s ended; reconnecting", self.address.display)
-            try:
-                self._connect_locked()
-            except AuthenticationError:
-                if self._credentials.password is None:
-                    raise SessionExpired("The session has expired and no password is available to log in "
-                                         "again; run `omero login` or give a new session key.") from None
-                self._credentials = Credentials(self._credentials.user, self._credentials.password)
-                self._connect_locked()
+            self._login_again_locked()
+
+    def _login_again_locked(self) -> None:
+        """Re-join the session, else log in again with the password.
+
+        Without a password, a session that cannot be re-joined is gone for
+        good, so this raises AuthenticationError, which is not retried:
+        retrying would only make every request wait for the retry limit.
+        """
+        try:
+            self._connect_locked()
+        except AuthenticationError:
+            if self._credentials.password is None:
+                raise AuthenticationError("The session has expired and no password is available to log in "
+                                          "again; run `omero login` or give a new session key.") from None
+            self._credentials = Credentials(self._credentials.user, self._credentials.password)
+            self._connect_locked()
 
     def _call(self, what: str, function: Callable[..., T]) -> T:
         """Run ``function(session)`` with retries of temporary failures."""

@@ -1,8 +1,10 @@
 """Logging in: session keys, sessions stored by `omero login`, and secrets kept out of sight."""
 
+import errno
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,36 @@ def test_umount_leaves_a_given_session_open(omero_server, mounter):
         client.joinSession(key)
     finally:
         client.closeSession()
+
+
+@pytest.mark.allow_warnings
+def test_expired_session_is_created_again(omero_server_factory, mounter):
+    server = omero_server_factory()
+    mount = mounter(server)
+    image_ids = sorted(os.listdir(mount.path / "Image"), key=int)
+    server.control.set(expire_sessions=True)
+
+    # Nothing below was read before the expiry, so each needs the server.
+    assert os.listdir(mount.path / "Image" / image_ids[-1] / "Metadata")
+    for name in os.listdir(mount.path / "Image" / image_ids[0] / "Binary"):
+        with open(mount.path / "Image" / image_ids[0] / "Binary" / name, "rb") as handle:
+            assert handle.read(100)
+    assert "reconnecting" in mount.log_text()
+
+
+@pytest.mark.allow_warnings
+def test_expired_given_session_fails_fast_and_clearly(omero_server_factory, mounter):
+    server = omero_server_factory()
+    key = new_session_key(server)
+    mount = mounter(server, "-k", key, user=None, password=None)
+    image_ids = sorted(os.listdir(mount.path / "Image"), key=int)
+    server.control.set(expire_sessions=True)
+
+    started = time.monotonic()
+    for image_id in image_ids[:4]:
+        with pytest.raises(OSError) as raised:
+            os.listdir(mount.path / "Image" / image_id / "Roi")
+        assert raised.value.errno == errno.EIO
+    # Retrying a session that cannot come back would make each request wait.
+    assert time.monotonic() - started < 5
+    assert mount.log_text().count("no password is available to log in again") == 1
