@@ -40,6 +40,9 @@ IMMUTABLE_TIMEOUT = 3600.0
 # Logs a repeated warning for the same errno at most this often (seconds).
 _WARNING_PERIOD = 10.0
 
+# Forgets warnings older than the period once this many are remembered.
+_WARNING_KEYS = 1024
+
 
 def handler(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
     """Wrap a pyfuse3 handler so that a failure fails one request, not the mount."""
@@ -157,14 +160,18 @@ class Operations(pyfuse3.Operations):
             log.debug("%s: %s", operation, error)
             return
         if isinstance(error, AccessDenied):
-            log.warning("%s: %s", operation, error)
-            return
-        kind = type(error).__name__
+            # Keyed by the message, which names the file, so each file gets its
+            # own line but the kernel's retry of a failed read adds none.
+            key = str(error)
+        else:
+            key = type(error).__name__
         now = time.monotonic()
-        if now - self._last_warning.get(kind, 0.0) < _WARNING_PERIOD:
+        if now - self._last_warning.get(key, 0.0) < _WARNING_PERIOD:
             log.debug("%s: %s", operation, error)
             return
-        self._last_warning[kind] = now
+        if len(self._last_warning) > _WARNING_KEYS:
+            self._last_warning = {k: v for k, v in self._last_warning.items() if now - v < _WARNING_PERIOD}
+        self._last_warning[key] = now
         log.warning("%s: %s", operation, error)
 
     # Name space

@@ -89,6 +89,18 @@ def test_restricted_plate_file_is_eacces(omero_server, mounter, plate_image_ids)
     assert f"OriginalFile" in mount.log_text()
 
 
+def test_restricted_read_logs_one_line(omero_server, mounter, plate_image_ids):
+    mount = mounter(omero_server)
+    binary = mount.path / "Image" / str(plate_image_ids[0]) / "Binary"
+    real = os.path.realpath(binary / sorted(os.listdir(binary))[0])
+    for _ in range(3):
+        with pytest.raises(PermissionError):
+            with open(real, "rb") as handle:
+                handle.read()
+    # The kernel retries a failed read; one user's attempts make one line.
+    assert mount.log_text().count("restricts downloads") == 1
+
+
 def test_other_groups_private_image_is_enoent(omero_server, mounter, private_image_ids):
     mount = mounter(omero_server, user="bob")
     for image_id in private_image_ids:
