@@ -19,6 +19,7 @@ it, so a crash can leave an orphan file but never a half-written entry that
 a read would find.
 """
 
+import io
 import logging
 import shutil
 import struct
@@ -158,7 +159,9 @@ class BlockCache:
         self._check_free_space()
         cache = self._pinned if pinned else self._blocks
         try:
-            cache.set(str(key), _pack(key, data))
+            # A file object with read=True makes diskcache copy it in large
+            # chunks; given bytes, it iterates them line by line.
+            cache.set(str(key), io.BytesIO(_pack(key, data)), read=True)
         except OSError as error:
             raise CacheError(f"Cannot write to the cache in {self.directory}: {error}") from error
 
