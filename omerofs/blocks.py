@@ -123,6 +123,7 @@ class BlockCache:
         self._free_ok = True
         self._last_warning = 0.0
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
 
     @property
     def log_directory(self) -> Path:
@@ -140,7 +141,7 @@ class BlockCache:
         """Return a cached block's data, or None if it is missing or damaged."""
         name = str(key)
         for cache in (self._pinned, self._blocks):
-            stored = cache.get(name)
+            stored = self._read(cache, name)
             if stored is None:
                 continue
             data = _unpack(key, stored)
@@ -149,6 +150,19 @@ class BlockCache:
             self._warn(f"dropping damaged cache block {name}")
             cache.delete(name)
         return None
+
+    def _read(self, cache: diskcache.Cache, name: str) -> bytes | None:
+        # A get() from the least-recently-used store updates the entry's
+        # access time in a write transaction, and threads that meet there
+        # wait in SQLite's busy handler, which sleeps for milliseconds. The
+        # lock makes this process's threads queue instead, and read=True
+        # moves the file read out of the transaction and the lock.
+        with self._read_lock:
+            value = cache.get(name, read=True)
+        if value is None or isinstance(value, bytes):
+            return value
+        with value:
+            return value.read()
 
     def contains(self, key: BlockKey) -> bool:
         name = str(key)
