@@ -199,10 +199,17 @@ class Catalog:
         try:
             loaded = await self._server(f"Reading {len(missing)} images", "images", missing)
         except (OfflineError, ServerUnavailable):
+            unavailable = False
             for image_id in missing:
                 persisted = self.cache.get_record(self._record_key("image", image_id))
                 if persisted is not None:
                     found[image_id] = persisted
+                else:
+                    unavailable = True
+            # Online, an image the server could not be asked about is an
+            # error: leaving it out would show it as one that does not exist.
+            if unavailable and not self.offline:
+                raise
             return found
 
         now = trio.current_time()

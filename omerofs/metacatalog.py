@@ -32,7 +32,7 @@ import trio
 from . import metarecords as mr
 from . import omexml
 from .catalog import Catalog
-from .errors import OfflineError, ServerUnavailable
+from .errors import OfflineError, OmerofsError, ServerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -149,16 +149,21 @@ class MetaCatalog:
         value = self._fresh_value(kind, object_id)
         if value is not _MISSING:
             return value
-        found = await self._get_many(kind, self._window(kind, object_id, window), load)
+        found = await self._get_many(kind, self._window(kind, object_id, window), load, required=(object_id,))
         return found.get(object_id)
 
     async def _get_many(self, kind: str, object_ids: Sequence[int],
-                        load: Callable[[list[int]], Awaitable[dict[int, object]]]) -> dict[int, object]:
+                        load: Callable[[list[int]], Awaitable[dict[int, object]]],
+                        required: Sequence[int] | None = None) -> dict[int, object]:
         """Return records for ``object_ids`` (None for missing ones), loading the stale ones in one batch.
 
         ``load`` returns the records it found; it may store records of other
         kinds it came across. IDs that another task is loading are awaited.
+        Raises ServerUnavailable when the server could not be asked about an
+        ID of ``required`` (default: all) and the cache holds no copy, so an
+        outage is an error rather than an object that seems not to exist.
         """
+        started = trio.current_time()
         found: dict[int, object] = {}
         missing: list[int] = []
         waiting: list[int] = []
@@ -171,23 +176,39 @@ class MetaCatalog:
             else:
                 missing.append(object_id)
 
+        failure = None
         if missing:
             for object_id in missing:
                 self._inflight[(kind, object_id)] = trio.Event()
             try:
-                await self._load(kind, missing, load)
+                failure = await self._load(kind, missing, load)
             finally:
                 for object_id in missing:
                     self._inflight.pop((kind, object_id)).set()
         for object_id in waiting:
             await self._inflight.get((kind, object_id), _SET).wait()
+
+        # Read what the loads stored now, whatever the time-to-live: a load
+        # slower than the time-to-live (or --ttl 0) must still be used.
+        unavailable = []
         for object_id in missing + waiting:
-            value = self._fresh_value(kind, object_id)
-            found[object_id] = None if value is _MISSING else value
+            entry = self._fresh.get((kind, object_id))
+            if entry is None or entry[0] < started:
+                unavailable.append(object_id)
+                found[object_id] = None
+            else:
+                found[object_id] = entry[1]
+        required_ids = set(object_ids if required is None else required)
+        if self.connection is not None and required_ids.intersection(unavailable):
+            if failure is not None:
+                raise failure
+            raise ServerUnavailable(f"Reading {kind} {sorted(required_ids.intersection(unavailable))[0]}: the "
+                                    "server did not answer and the cache holds no copy")
         return found
 
     async def _load(self, kind: str, object_ids: list[int],
-                    load: Callable[[list[int]], Awaitable[dict[int, object]]]) -> None:
+                    load: Callable[[list[int]], Awaitable[dict[int, object]]]) -> OmerofsError | None:
+        """Load records, or their persisted copies; return the error that made copies necessary."""
         try:
             loaded = await load(object_ids)
         except (OfflineError, ServerUnavailable) as error:
@@ -197,9 +218,10 @@ class MetaCatalog:
                 persisted = self.catalog.cache.get_record(self._record_key(kind, object_id))
                 if persisted is not None:
                     self._fresh[(kind, object_id)] = (now, persisted)
-            return
+            return error
         for object_id in object_ids:
             self._store(kind, object_id, loaded.get(object_id))
+        return None
 
     async def _remote(self, what: str, query: str, *args):
         """Run the query function named ``query`` with the connection and ``args`` in a worker thread."""

@@ -4,12 +4,14 @@ import posixpath
 import xml.etree.ElementTree as ET
 from collections import Counter
 
+import pytest
 import trio
 
 from omerofs import metarecords as mr
 from omerofs import omexml, records, tree
 from omerofs.blocks import BlockCache
 from omerofs.catalog import Catalog
+from omerofs.errors import ServerUnavailable
 from omerofs.metacatalog import MetaCatalog
 
 NS = "{" + omexml.OME_NAMESPACE + "}"
@@ -262,3 +264,46 @@ def test_offline_mount_serves_persisted_records(tmp_path):
         assert await (await walk(offline_root, "Annotation")).lookup("424242") is None
 
     trio.run(offline)
+
+
+def test_zero_ttl_still_serves_loaded_records(tmp_path):
+    catalog = Catalog(FakeConnection(), BlockCache(tmp_path), "server-uuid", ttl=0.0)
+    MetaCatalog.of(catalog, FakeQueries())
+    root = tree.Root(catalog)
+
+    async def main():
+        annotations = await (await walk(root, "Image/1/Annotation")).children()
+        assert set(annotations) == {"10001", "5"}
+        assert await walk(root, "Image/1/Metadata/image-1.ome.xml")
+        assert await walk(root, "Annotation/5")
+
+    trio.run(main)
+
+
+class UnreachableQueries(FakeQueries):
+    def linked_annotations(self, connection, kind, parent_ids):
+        raise ServerUnavailable("Reading annotations: cannot reach the server (ConnectTimeoutException)")
+
+
+def test_unreachable_server_is_an_error_not_an_empty_listing(tmp_path):
+    root, _ = setup(tmp_path, UnreachableQueries())
+
+    async def main():
+        annotations = await walk(root, "Image/1/Annotation")
+        with pytest.raises(ServerUnavailable):
+            await annotations.children()
+
+    trio.run(main)
+
+
+def test_unreachable_server_serves_persisted_records(tmp_path):
+    root, _ = setup(tmp_path)
+    trio.run(lambda: walk(root, "Image/1/Annotation/5"))
+    catalog = Catalog(FakeConnection(), BlockCache(tmp_path), "server-uuid", ttl=0.0)
+    MetaCatalog.of(catalog, UnreachableQueries())
+
+    async def main():
+        annotations = await (await walk(tree.Root(catalog), "Image/1/Annotation")).children()
+        assert set(annotations) == {"10001", "5"}
+
+    trio.run(main)

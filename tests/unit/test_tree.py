@@ -8,6 +8,7 @@ import trio
 from omerofs import records, tree
 from omerofs.blocks import BlockCache
 from omerofs.catalog import Catalog
+from omerofs.errors import ServerUnavailable
 
 
 def make_file(file_id, name, path, size=10, repo="repo-uuid"):
@@ -213,3 +214,31 @@ def test_links_of_names_that_clean_up_alike_reach_their_own_files(tmp_path):
     assert sorted(reached.values()) == sorted(names)
     for name, file_id in reached.items():
         assert name == tree.safe_name(names[file_id])
+
+
+class UnreachableConnection(FakeConnection):
+    def images(self, ids):
+        raise ServerUnavailable("Reading images: cannot reach the server (ConnectTimeoutException)")
+
+
+def test_unreachable_server_is_an_error_not_a_missing_image(tmp_path):
+    connection = UnreachableConnection({5: records.Image(5, "a", None)}, {}, [])
+
+    async def walk():
+        root = tree.Root(Catalog(connection, BlockCache(tmp_path), "server-uuid"))
+        with pytest.raises(ServerUnavailable):
+            await (await root.lookup("Image")).lookup("5")
+
+    trio.run(walk)
+
+
+def test_unreachable_server_serves_persisted_image(tmp_path):
+    image = records.Image(5, "a", None)
+
+    async def walk(connection):
+        root = tree.Root(Catalog(connection, BlockCache(tmp_path), "server-uuid"))
+        return await (await root.lookup("Image")).lookup("5")
+
+    assert trio.run(walk, FakeConnection({5: image}, {}, [])) is not None
+    found = trio.run(walk, UnreachableConnection({}, {}, []))
+    assert found.image == image
