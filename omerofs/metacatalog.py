@@ -22,6 +22,7 @@ a document is rendered again only when its record changed.
 """
 
 import dataclasses
+import itertools
 import logging
 import weakref
 from collections import OrderedDict
@@ -121,7 +122,13 @@ class MetaCatalog:
             by_id[object_id] = listing
 
     def _window(self, kind: str, object_id: int, size: int) -> list[int]:
-        """Return ``object_id`` and the next missing IDs of its neighbourhood, up to ``size``."""
+        """Return ``object_id`` and the nearest missing IDs of its neighbourhood, up to ``size``.
+
+        Neighbours after ``object_id`` come first, then those before it:
+        bash expands a glob such as ``Image/*/Annotation/*`` from the last
+        directory to the first, and a window that only looked ahead would
+        then load one image per batch.
+        """
         listing = self._neighbourhoods.get(kind, {}).get(object_id)
         if listing is None and kind.startswith("image"):
             listing = self._image_listing()
@@ -129,7 +136,7 @@ class MetaCatalog:
         if listing is None or object_id not in listing:
             return wanted
         start = listing.index(object_id)
-        for neighbour in listing[start + 1:]:
+        for neighbour in itertools.chain(listing[start + 1:], reversed(listing[:start])):
             if len(wanted) >= size:
                 break
             if (self._fresh_value(kind, neighbour) is _MISSING

@@ -144,6 +144,22 @@ def test_dataset_annotation_listing_is_batched(tmp_path):
     assert root.catalog.connection.image_calls == 1
 
 
+def test_annotation_listing_in_reverse_is_batched(tmp_path):
+    # bash expands Image/*/Annotation/* from the last directory to the first.
+    root, queries = setup(tmp_path)
+
+    async def main():
+        images = await walk(root, f"Dataset/{DATASET_ID}/Image")
+        image_links = await images.children()
+        for name in reversed(list(image_links)):
+            image_path = resolve(f"Dataset/{DATASET_ID}/Image/{name}", image_links[name].target)
+            annotations = await (await walk(root, image_path)).lookup("Annotation")
+            assert len(await annotations.children()) == 2
+
+    trio.run(main)
+    assert queries.calls["linked_annotations"] == 2
+
+
 def test_links_resolve_to_object_directories(tmp_path):
     root, _ = setup(tmp_path)
 
