@@ -11,6 +11,7 @@ import argparse
 import getpass
 import json
 import logging
+import math
 import os
 import select
 import shutil
@@ -22,8 +23,8 @@ from pathlib import Path
 from . import __version__, records
 from .blocks import DEFAULT_SIZE_LIMIT
 from .catalog import DEFAULT_TTL
-from .errors import AuthenticationError, OmerofsError, UsageError
-from .fetch import DEFAULT_BLOCK_SIZE
+from .errors import AuthenticationError, CacheError, OmerofsError, UsageError
+from .fetch import DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE
 from .mount import MountOptions, check_mountpoint, default_cache_dir, read_registration
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,21 @@ def parse_size(text: str) -> int:
         value = float(number) * units[suffix]
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid size {text!r}; use a number with an optional K, M, G or T suffix")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}; it must be positive")
+    # "not value > 0" also rejects nan; "inf" and "1e999" parse as infinity.
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}; it must be a positive, finite number")
     return int(value)
+
+
+def parse_seconds(text: str) -> float:
+    """Parse a non-negative, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid time {text!r}; use a number of seconds")
+    if not value >= 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"invalid time {text!r}; it must be zero or more, and finite")
+    return value
 
 
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
@@ -81,9 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--offline", action="store_true",
                        help="serve only what the cache holds, without contacting the server")
     mount.add_argument("--block-size", type=parse_size, default=DEFAULT_BLOCK_SIZE,
-                       help="bytes per cached block, a power of two (default: 1M)")
+                       help="bytes per cached block, a power of two from 4K to 16M (default: 1M)")
 
-    mount.add_argument("--ttl", type=float, default=DEFAULT_TTL,
+    mount.add_argument("--ttl", type=parse_seconds, default=DEFAULT_TTL,
                        help="seconds that metadata which may change is reused (default: %(default)s)")
     mount.add_argument("--allow-other", action="store_true", help="let other users read the mount")
     mount.add_argument("--debug", action="store_true", help="log every request and server call")
@@ -168,8 +181,9 @@ def command_mount(args) -> int:
         raise UsageError("--offline needs -s SERVER to find that server's data in the cache.")
     for target in args.targets:
         records.parse_target(target)
-    if args.block_size & (args.block_size - 1) or args.block_size < 4096:
-        raise UsageError(f"Invalid block size {args.block_size}; use a power of two of at least 4K.")
+    if args.block_size & (args.block_size - 1) or not 4096 <= args.block_size <= MAX_BLOCK_SIZE:
+        raise UsageError(f"Invalid block size {args.block_size}; use a power of two from 4K to "
+                         f"{MAX_BLOCK_SIZE // 1024 ** 2}M.")
     check_mountpoint(args.mountpoint)
 
     cache_dir = Path(args.cache_dir).expanduser().resolve()
@@ -177,6 +191,14 @@ def command_mount(args) -> int:
         mountpoint=os.path.abspath(args.mountpoint), server=args.server, port=args.port, group=args.group,
         targets=list(args.targets), cache_dir=str(cache_dir), offline=args.offline, block_size=args.block_size,
         cache_size=args.cache_size, ttl=args.ttl, allow_other=args.allow_other, debug=args.debug)
+    # Before the log-in: a session handed to a daemon that never starts
+    # would stay open on the server.
+    logs = cache_dir / "logs"
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CacheError(f"Cannot create the log directory {logs}: {error.strerror}; "
+                         "give a writable --cache-dir.") from error
     if not args.offline:
         # Log in here, so that errors and the prompt reach the user, then hand
         # the session to the daemon, which joins it.
@@ -192,8 +214,6 @@ def command_mount(args) -> int:
         mount.configure_logging(None, args.debug)
         return mount.run(options, lambda message: None)
 
-    logs = cache_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     options.log_file = str(logs / f"mount-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
     return _start_daemon(options)
 

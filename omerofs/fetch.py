@@ -48,6 +48,12 @@ log = logging.getLogger(__name__)
 # blocks under their own key; they are simply not found.
 DEFAULT_BLOCK_SIZE = 1024 * 1024
 
+# Blocks are held whole in memory while they download and in the memory
+# cache, and read-ahead runs up to 16 blocks: 16 MiB blocks keep that near
+# 256 MiB, and a larger block (--block-size 1T) would read a whole file
+# into memory at once.
+MAX_BLOCK_SIZE = 16 * 1024 * 1024
+
 # Sequential readers get up to this many blocks ahead (16 MiB at the default
 # block size): enough to cover 10 ms of latency at several hundred MB/s with
 # the data limiter's parallel downloads.
@@ -91,8 +97,8 @@ class Fetcher:
 
     def __init__(self, cache: BlockCache, server: str, download: Callable[[int, int, int], bytes] | None,
                  block_size: int = DEFAULT_BLOCK_SIZE, concurrency: int = DATA_CONCURRENCY):
-        if block_size < 4096 or block_size & (block_size - 1):
-            raise ValueError(f"block size {block_size} is not a power of two of at least 4096")
+        if block_size < 4096 or block_size > MAX_BLOCK_SIZE or block_size & (block_size - 1):
+            raise ValueError(f"block size {block_size} is not a power of two from 4096 to {MAX_BLOCK_SIZE}")
         self.cache = cache
         self.server = server
         self.block_size = block_size

@@ -98,8 +98,8 @@ class ServerAddress:
             host, _, port_text = rest.rpartition(":")
             if not host or not (port_text.isascii() and port_text.isdigit()):
                 raise UsageError(f"Invalid server address {server!r}; expected {scheme}://HOST:PORT.")
-            return cls(server, int(port_text))
-        if port is None:
+            port = int(port_text)
+        elif port is None:
             port = DEFAULT_PORT
         if not 0 < port < 65536:
             raise UsageError(f"Invalid port {port}; expected a number from 1 to 65535.")

@@ -37,7 +37,7 @@ def test_size_parses(text, value):
     assert parse_size(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "abc", "-1M", "0"])
+@pytest.mark.parametrize("text", ["", "abc", "-1M", "0", "inf", "nan", "1e999", "nanG"])
 def test_invalid_size_is_rejected(text):
     with pytest.raises(argparse.ArgumentTypeError):
         parse_size(text)

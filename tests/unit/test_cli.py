@@ -1,0 +1,56 @@
+"""Command-line misuse: a clear one-line message and the documented exit code, never a traceback."""
+
+import pytest
+
+from omerofs import cli
+
+
+@pytest.fixture
+def mountpoint(tmp_path):
+    path = tmp_path / "mnt"
+    path.mkdir()
+    return path
+
+
+def run(capsys, *argv):
+    """Run the command line in this process; argparse errors exit with SystemExit."""
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exit:
+        code = exit.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--ttl", "-1"), ("--ttl", "nan"), ("--ttl", "inf"), ("--ttl", "soon"),
+    ("--cache-size", "1e999"), ("--cache-size", "inf"), ("--cache-size", "nan"), ("--cache-size", "0"),
+    ("--block-size", "1e999"), ("--block-size", "3000"), ("--block-size", "32M"), ("--block-size", "1T"),
+])
+def test_mount_rejects_invalid_number(capsys, mountpoint, tmp_path, option, value):
+    code, error = run(capsys, "mount", str(mountpoint), "-s", "tcp://127.0.0.1:1", "-u", "alice",
+                      "--cache-dir", str(tmp_path / "cache"), option, value)
+    assert code == 2
+    assert "Traceback" not in error
+    assert "invalid" in error.lower()
+
+
+@pytest.mark.parametrize("server", ["tcp://127.0.0.1:99999", "tcp://127.0.0.1:0", "ssl://host:65536"])
+def test_mount_rejects_port_out_of_range(capsys, mountpoint, tmp_path, server):
+    code, error = run(capsys, "mount", str(mountpoint), "-s", server, "-u", "alice",
+                      "--cache-dir", str(tmp_path / "cache"))
+    assert code == 2
+    assert "Invalid port" in error
+
+
+def test_mount_with_file_as_cache_dir_is_cache_error(capsys, mountpoint, tmp_path, monkeypatch):
+    cache_dir = tmp_path / "a-file"
+    cache_dir.write_text("not a directory")
+    logins = []
+    monkeypatch.setattr(cli, "_connect", lambda args: logins.append(args))
+    code, error = run(capsys, "mount", str(mountpoint), "-s", "tcp://127.0.0.1:1", "-u", "alice",
+                      "--cache-dir", str(cache_dir))
+    assert code == 9
+    assert "Traceback" not in error
+    assert str(cache_dir) in error
+    # The cache directory is checked before the log-in, so no session is left behind.
+    assert logins == []
