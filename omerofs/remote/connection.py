@@ -310,22 +310,52 @@ class Connection:
             client.__del__()
             raise _translate(error, "Login") from error
 
+        try:
+            group_id = self._group_id(session)
+        except Exception as error:
+            # Nobody else would end the session this log-in created.
+            self._abandon(client)
+            if isinstance(error, OmerofsError):
+                raise
+            raise _translate(error, "Looking up the group") from error
+
         self._client = client
         self._session = session
         self._generation += 1
-        self._context = {"omero.group": self._group_id_locked()}
+        self._context = {"omero.group": group_id}
         log.info("connected to %s as session %s...", self.address.display, client.getSessionId()[:8])
 
-    def _group_id_locked(self) -> str:
+    def _group_id(self, session) -> str:
+        """Return the ID of the group that -g names, checking that the user may work in it."""
         if self._group_name is None:
             return "-1"
-        admin = self._session.getAdminService()
+        admin = session.getAdminService()
         try:
             if self._group_name.isascii() and self._group_name.isdigit():
-                return str(int(self._group_name))
-            return str(unwrap(admin.lookupGroup(self._group_name).id))
+                group_id = int(self._group_name)
+            else:
+                group_id = unwrap(admin.lookupGroup(self._group_name).id)
         except omero.ApiUsageException as error:
             raise UsageError(f"Group {self._group_name!r} not found on the server.") from error
+
+        # The server rejects every call in a group the user is not a member
+        # of (administrators excepted), so the mount would deny everything.
+        context = admin.getEventContext()
+        if not context.isAdmin and group_id not in context.memberOfGroups:
+            raise UsageError(f"User {context.userName} is not a member of group {self._group_name!r}; "
+                             "give one of the user's groups with -g, or leave -g out for all of them.")
+        return str(group_id)
+
+    def _abandon(self, client) -> None:
+        """End a client whose log-in is not used: kill the session if omerofs created it."""
+        try:
+            if self._credentials.session_key_owned:
+                client.killSession()
+            else:
+                client.closeSession()
+        except Exception as error:
+            log.debug("closing the unused session failed: %r", error)
+        client.__del__()
 
     def _drop_locked(self) -> None:
         for store in self._stores:

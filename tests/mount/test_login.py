@@ -129,3 +129,20 @@ def test_expired_given_session_fails_fast_and_clearly(omero_server_factory, moun
     # Retrying a session that cannot come back would make each request wait.
     assert time.monotonic() - started < 5
     assert mount.log_text().count("no password is available to log in again") == 1
+
+
+@pytest.mark.parametrize("group, message", [("999", "is not a member of group"),
+                                            ("no-such-group", "not found on the server")])
+def test_unusable_group_is_usage_error(omero_server, mounter, group, message):
+    mount = mounter(omero_server, "-g", group, check=False)
+    assert mount.result.returncode == 2
+    assert message in mount.result.stderr
+    assert "Traceback" not in mount.result.stderr
+    # The session the log-in created is ended, not left to the interpreter's exit.
+    assert "communicator not destroyed" not in mount.result.stderr
+    assert not os.path.ismount(mount.path)
+
+
+def test_member_group_mounts(omero_server, mounter):
+    mount = mounter(omero_server, "-g", "alice-private")
+    assert os.listdir(mount.path / "Image")
