@@ -313,7 +313,7 @@ class Connection:
         try:
             group_id = self._group_id(session)
         except Exception as error:
-            # Nobody else would end the session this log-in created.
+            # The caller never gets this client, so it is ended here.
             self._abandon(client)
             if isinstance(error, OmerofsError):
                 raise
