@@ -105,6 +105,18 @@ ERRNO_BY_CLASS = (
 )
 
 
+def first_error(group: BaseExceptionGroup) -> BaseException:
+    """Return the first exception of a trio nursery's exception group, looking inside nested groups.
+
+    Callers use it in ``except* OmerofsError`` to raise one omerofs error
+    as itself, since handlers and the command line treat any group as a bug.
+    """
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
 def errno_for(error: BaseException) -> int:
     """Return the errno that a FUSE request failing with ``error`` reports."""
     for cls, number in ERRNO_BY_CLASS:

@@ -31,16 +31,19 @@ import hashlib
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 
 from . import records
 from .blocks import BlockCache, BlockKey
-from .errors import AccessDenied, IntegrityError, OfflineError, OmerofsError, ServerFailure
+from .errors import AccessDenied, IntegrityError, OfflineError, OmerofsError, ServerFailure, first_error
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # 1 MiB blocks: a 64 KiB random read costs one 1 MiB download (about 1 ms on
 # a 1 GB/s link, less than one 10 ms round trip), while a sequential 1 GiB
@@ -212,9 +215,7 @@ class Fetcher:
         if len(indexes) == 1:
             await fetch_one(indexes[0])
             return
-        async with trio.open_nursery() as nursery:
-            for index in indexes:
-                nursery.start_soon(fetch_one, index)
+        await run_all(fetch_one, indexes)
 
     async def _fetch(self, file: records.OriginalFile, index: int, pinned: bool = False) -> bytes:
         """Load one block from the cache or the server in a worker, or wait for the load under way."""
@@ -326,9 +327,7 @@ class Fetcher:
         # drop the blocks between the two.
         self._verifying.add(file.id)
         try:
-            async with trio.open_nursery() as nursery:
-                for index in range(self.block_count(file)):
-                    nursery.start_soon(pin_block, index)
+            await run_all(pin_block, range(self.block_count(file)))
             complete = await trio.to_thread.run_sync(self.verify, file, limiter=self._limiter)
         except IntegrityError:
             self._forget_mismatch(file)
@@ -417,6 +416,21 @@ class Fetcher:
         data = self._memory.pop((file_id, index), None)
         if data is not None:
             self._memory_bytes -= len(data)
+
+
+async def run_all(function: Callable[[T], Awaitable[None]], items: Iterable[T]) -> None:
+    """Run ``function(item)`` for every item in parallel; raise the first omerofs error as itself.
+
+    A failed download then fails a read with its own error and errno, not
+    with the ExceptionGroup of a trio nursery, which the FUSE handlers and
+    the command line would take for a bug.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            for item in items:
+                nursery.start_soon(function, item)
+    except* OmerofsError as group:
+        raise first_error(group) from None
 
 
 def new_hasher(hasher: str | None):

@@ -24,7 +24,7 @@ import trio
 from . import records, tree
 from .blocks import BlockCache
 from .catalog import Catalog
-from .errors import AccessDenied, IntegrityError, OmerofsError
+from .errors import AccessDenied, IntegrityError, OmerofsError, first_error
 from .fetch import Fetcher
 
 log = logging.getLogger(__name__)
@@ -232,16 +232,20 @@ async def run_pin(connection, cache: BlockCache, server: str, targets: Sequence[
     catalog = Catalog(connection, cache, server, targets)
     fetcher = Fetcher(cache, server, connection.read)
     summary = PinSummary()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(fetcher.run)
-        by_target = await collect_files(catalog, targets)
-        unique = {f.id: f for files in by_target.values() for f in files}
-        files = [unique[i] for i in sorted(unique)]
-        summary.file_ids = sorted(unique)
-        progress = Progress(len(files), sum(f.size for f in files), progress_stream)
-        await pin_files(fetcher, files, progress, summary)
-        progress.finish()
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fetcher.run)
+            by_target = await collect_files(catalog, targets)
+            unique = {f.id: f for files in by_target.values() for f in files}
+            files = [unique[i] for i in sorted(unique)]
+            summary.file_ids = sorted(unique)
+            progress = Progress(len(files), sum(f.size for f in files), progress_stream)
+            await pin_files(fetcher, files, progress, summary)
+            progress.finish()
+            nursery.cancel_scope.cancel()
+    except* OmerofsError as group:
+        # The command line reports one omerofs error with its exit code.
+        raise first_error(group) from None
     summary.seconds = time.monotonic() - started
     return summary
 

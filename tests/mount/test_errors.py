@@ -163,3 +163,20 @@ def test_corrupt_bytes_leave_the_page_cache(omero_server, mounter, reset_knobs):
     assert len(again) == expected_size
     assert again != corrupt
     assert again[0] == corrupt[0] ^ 0xFF
+
+
+@pytest.mark.allow_warnings
+def test_failed_read_of_many_blocks_is_eio_not_a_bug(omero_server, mounter, reset_knobs):
+    mount = mounter(omero_server, "--block-size", "4K")
+    _, binary = first_image_with_binary(mount.path)
+    descriptor = os.open(os.path.realpath(binary), os.O_RDONLY | os.O_DIRECT)
+    reset_knobs.set(fail_next_read=True)
+    try:
+        with pytest.raises(OSError) as raised:
+            os.read(descriptor, 64 * 1024)
+    finally:
+        os.close(descriptor)
+    assert raised.value.errno == errno.EIO
+    log_text = mount.log_text()
+    assert "failed unexpectedly" not in log_text
+    assert "Traceback" not in log_text

@@ -10,7 +10,7 @@ import trio
 
 from omerofs import records
 from omerofs.blocks import BlockCache, BlockKey
-from omerofs.errors import OfflineError, ServerFailure
+from omerofs.errors import OfflineError, ServerFailure, ServerUnavailable
 from omerofs.fetch import Fetcher, Stream
 
 BLOCK = 4096
@@ -238,3 +238,41 @@ def test_offline_sequential_read_loads_cached_blocks_ahead(tmp_path):
 
     assert trio.run(main)
     assert len(server.reads) == reads_before
+
+
+class FailingServer(FakeServer):
+    """Fails every read of one block with a server error."""
+
+    def __init__(self, contents, failing_offset):
+        super().__init__(contents)
+        self.failing_offset = failing_offset
+
+    def __call__(self, file_id, offset, length):
+        if offset == self.failing_offset:
+            raise ServerUnavailable(f"Reading OriginalFile {file_id} at {offset}: cannot reach the server")
+        return super().__call__(file_id, offset, length)
+
+
+def test_failed_block_of_many_raises_its_own_error(tmp_path):
+    data = os.urandom(4 * BLOCK)
+    server = FailingServer({1: data}, failing_offset=2 * BLOCK)
+    file = make_file(1, data)
+
+    async def body(fetcher):
+        # Not an ExceptionGroup: the FUSE handler maps omerofs errors to their errno.
+        with pytest.raises(ServerUnavailable):
+            await fetcher.read(file, 0, len(data))
+
+    run_with_fetcher(tmp_path, server, body)
+
+
+def test_failed_block_fails_the_pin_with_its_own_error(tmp_path):
+    data = os.urandom(4 * BLOCK)
+    server = FailingServer({1: data}, failing_offset=BLOCK)
+    file = make_file(1, data)
+
+    async def body(fetcher):
+        with pytest.raises(ServerUnavailable):
+            await fetcher.pin(file, lambda count, local: None)
+
+    run_with_fetcher(tmp_path, server, body)
