@@ -22,6 +22,7 @@ a read would find.
 import io
 import logging
 import shutil
+import sqlite3
 import struct
 import threading
 import time
@@ -147,7 +148,7 @@ class BlockCache:
             data = _unpack(key, stored)
             if data is not None:
                 return data
-            self._warn(f"dropping damaged cache block {name}")
+            self.warn(f"dropping damaged cache block {name}")
             cache.delete(name)
         return None
 
@@ -157,12 +158,18 @@ class BlockCache:
         # wait in SQLite's busy handler, which sleeps for milliseconds. The
         # lock makes this process's threads queue instead, and read=True
         # moves the file read out of the transaction and the lock.
-        with self._read_lock:
-            value = cache.get(name, read=True)
-        if value is None or isinstance(value, bytes):
-            return value
-        with value:
-            return value.read()
+        try:
+            with self._read_lock:
+                value = cache.get(name, read=True)
+            if value is None or isinstance(value, bytes):
+                return value
+            with value:
+                return value.read()
+        except (OSError, sqlite3.Error) as error:
+            # A full disk fails even the access-time update; the block then
+            # counts as missing and is fetched again, not a failed read.
+            self.warn(f"cannot read cache block {name}: {error}")
+            return None
 
     def contains(self, key: BlockKey) -> bool:
         name = str(key)
@@ -176,7 +183,7 @@ class BlockCache:
             # A file object with read=True makes diskcache copy it in large
             # chunks; given bytes, it iterates them line by line.
             cache.set(str(key), io.BytesIO(_pack(key, data)), read=True)
-        except OSError as error:
+        except (OSError, sqlite3.Error) as error:
             raise CacheError(f"Cannot write to the cache in {self.directory}: {error}") from error
 
     def pin(self, key: BlockKey) -> bool:
@@ -220,7 +227,8 @@ class BlockCache:
                              f"{self.free_space_floor // 1024 ** 2} MiB free; free some space or "
                              "lower --cache-size.")
 
-    def _warn(self, message: str) -> None:
+    def warn(self, message: str) -> None:
+        """Log a warning about the cache, at most one per period; the rest go to debug."""
         now = time.monotonic()
         with self._lock:
             if now - self._last_warning < _WARNING_PERIOD:
@@ -237,8 +245,19 @@ class BlockCache:
     def set_record(self, key: str, value) -> None:
         try:
             self._records.set(key, value)
-        except OSError as error:
+        except (OSError, sqlite3.Error) as error:
             raise CacheError(f"Cannot write to the cache in {self.directory}: {error}") from error
+
+    def keep_record(self, key: str, value) -> None:
+        """Persist a record that only later or offline mounts need, if the cache can take it.
+
+        A full or read-only cache makes this a warning, so that it does not
+        fail the listing or look-up that fetched the record.
+        """
+        try:
+            self.set_record(key, value)
+        except CacheError as error:
+            self.warn(f"not keeping record {key}: {error}")
 
     def delete_record(self, key: str) -> None:
         self._records.delete(key)

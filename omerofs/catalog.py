@@ -127,7 +127,7 @@ class Catalog:
                 value = persisted
             else:
                 if persist:
-                    self.cache.set_record(key, value)
+                    self.cache.keep_record(key, value)
             self._fresh[key] = (trio.current_time(), value)
             return value
         finally:
@@ -218,7 +218,7 @@ class Catalog:
             key = self._record_key("image", image_id)
             self._fresh[key] = (now, image)
             if image is not None:
-                self.cache.set_record(key, image)
+                self.cache.keep_record(key, image)
                 found[image_id] = image
         return found
 
@@ -263,7 +263,7 @@ class Catalog:
             return True
         loaded = await self._server(f"Reading {len(wanted)} filesets", "filesets", wanted)
         for fileset in loaded.values():
-            self.cache.set_record(self._record_key("fileset", fileset.id), fileset)
+            self.cache.keep_record(self._record_key("fileset", fileset.id), fileset)
             self._add_fileset(fileset)
         return True
 

@@ -39,7 +39,15 @@ import trio
 
 from . import records
 from .blocks import BlockCache, BlockKey
-from .errors import AccessDenied, IntegrityError, OfflineError, OmerofsError, ServerFailure, first_error
+from .errors import (
+    AccessDenied,
+    CacheError,
+    IntegrityError,
+    OfflineError,
+    OmerofsError,
+    ServerFailure,
+    first_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +270,14 @@ class Fetcher:
         if len(data) != expected:
             raise ServerFailure(f"The server returned {len(data)} bytes of OriginalFile {file.id} at offset "
                                 f"{index * self.block_size}, expected {expected}")
-        self.cache.put(key, data, pinned=pinned)
+        try:
+            self.cache.put(key, data, pinned=pinned)
+        except CacheError as error:
+            if pinned:
+                raise
+            # A full or read-only cache must not fail the read: the block is
+            # served, and kept in memory, without a copy on disk.
+            self.cache.warn(f"reading OriginalFile {file.id} without caching it: {error}")
         self.bytes_fetched += len(data)
         self.blocks_fetched += 1
         return data

@@ -107,7 +107,7 @@ class MetaCatalog:
     def _store(self, kind: str, object_id: int, value) -> None:
         self._fresh[(kind, object_id)] = (trio.current_time(), value)
         if value is not None:
-            self.catalog.cache.set_record(self._record_key(kind, object_id), value)
+            self.catalog.cache.keep_record(self._record_key(kind, object_id), value)
 
     def known(self, kind: str) -> list:
         """Return the records of ``kind`` loaded so far, fresh or not."""

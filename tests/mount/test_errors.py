@@ -180,3 +180,39 @@ def test_failed_read_of_many_blocks_is_eio_not_a_bug(omero_server, mounter, rese
     log_text = mount.log_text()
     assert "failed unexpectedly" not in log_text
     assert "Traceback" not in log_text
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 4 MiB tmpfs, far below the cache's free-space floor, filled up once the test is mounted."""
+    path = tmp_path / "small-disk"
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(path)], check=True)
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+@pytest.mark.allow_warnings
+def test_full_cache_disk_still_serves_reads(full_disk, omero_server, mounter):
+    from support import source_files
+
+    mount = mounter(omero_server, cache_dir=full_disk / "cache")
+    with open(full_disk / "filler", "wb") as filler:
+        try:
+            while True:
+                filler.write(b"\0" * 65536)
+        except OSError:
+            pass
+
+    sources = source_files()
+    _, binary = first_image_with_binary(mount.path)
+    real = os.path.realpath(binary)
+    relative = os.path.relpath(real, mount.path / "Repository").split("/", 1)[1]
+    with open(real, "rb") as handle:
+        assert handle.read() == sources[relative].read_bytes()
+    # Listings persist their records for offline use; a full disk must not fail them.
+    for image_id in os.listdir(mount.path / "Image"):
+        os.listdir(mount.path / "Image" / image_id / "Annotation")
+    log_text = mount.log_text()
+    assert "Cannot write to the cache" in log_text
+    assert "Traceback" not in log_text

@@ -1,0 +1,48 @@
+"""The block cache when its disk is full or read-only: reads go on, without copies on disk."""
+
+import os
+import sqlite3
+
+import pytest
+import trio
+
+from omerofs.blocks import BlockCache, BlockKey
+from omerofs.errors import CacheError
+from omerofs.fetch import Fetcher
+
+from test_fetch import BLOCK, FakeServer, make_file
+
+
+def fail(*args, **kwargs):
+    raise sqlite3.OperationalError("database or disk is full")
+
+
+@pytest.mark.allow_warnings
+def test_reads_go_on_when_the_disk_is_below_the_free_space_floor(tmp_path):
+    data = os.urandom(3 * BLOCK)
+    cache = BlockCache(tmp_path, free_space_floor=2 ** 62)
+
+    async def main():
+        fetcher = Fetcher(cache, "srv", FakeServer({1: data}), block_size=BLOCK)
+        return await fetcher.read(make_file(1, data), 0, len(data))
+
+    assert trio.run(main) == data
+    assert not cache.contains(BlockKey("srv", 1, BLOCK, 0))
+
+
+@pytest.mark.allow_warnings
+def test_full_database_is_a_cache_error_or_a_miss(tmp_path, monkeypatch):
+    cache = BlockCache(tmp_path)
+    key = BlockKey("srv", 1, BLOCK, 0)
+    cache.put(key, b"x" * BLOCK)
+    for store in (cache._blocks, cache._pinned, cache._records):
+        monkeypatch.setattr(store, "set", fail)
+        monkeypatch.setattr(store, "get", fail)
+
+    with pytest.raises(CacheError):
+        cache.put(BlockKey("srv", 1, BLOCK, 1), b"y" * BLOCK)
+    with pytest.raises(CacheError):
+        cache.set_record("pin/srv/Image:1", {})
+    # Records that only offline use needs, and reads, must not fail the request.
+    cache.keep_record("image/srv/1", "record")
+    assert cache.get(key) is None
