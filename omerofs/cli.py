@@ -345,13 +345,21 @@ def main(argv: list[str] | None = None) -> int:
         package.setLevel(logging.WARNING)
         package.propagate = False
     try:
-        return COMMANDS[args.command](args)
+        return _run_command(args)
     except OmerofsError as error:
         print(f"omerofs: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("omerofs: interrupted", file=sys.stderr)
         return 130
+
+
+def _run_command(args) -> int:
+    try:
+        return COMMANDS[args.command](args)
+    except* KeyboardInterrupt:
+        # Inside trio.run (a pin) Ctrl-C arrives wrapped in a nursery's group.
+        raise KeyboardInterrupt from None
 
 
 if __name__ == "__main__":

@@ -304,3 +304,19 @@ def test_running_mount_serves_new_pins_without_server_reads(omero_server, mounte
 
     status = json.loads(run_omerofs("status", "--json", cache_dir=cache_dir, runtime=runtime_dir).stdout)
     assert [m["mountpoint"] for m in status["mounts"]] == [str(mount.path)]
+
+
+def test_ctrl_c_stops_pin_with_exit_130(own_server, tmp_path, runtime_dir):
+    target = f"Dataset:{dataset_ids(own_server)[0]}"
+    own_server.control.set(bandwidth=512 * 1024)
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime_dir), OMERO_PASSWORD="omero")
+    process = subprocess.Popen([OMEROFS, "pin", target, "-s", own_server.host, "-u", "alice", "--cache-dir",
+                                str(tmp_path / "cache")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    time.sleep(3.0)
+    assert process.poll() is None, "pin finished before it could be interrupted; lower the bandwidth"
+    process.send_signal(signal.SIGINT)
+    _, error = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "interrupted" in error
+    assert "Traceback" not in error
