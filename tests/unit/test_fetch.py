@@ -182,7 +182,10 @@ def test_checksum_mismatch_calls_on_mismatch(tmp_path):
     async def body(fetcher):
         fetcher.on_mismatch = mismatched.append
         await fetcher.read(file, 0, len(data))
-        await trio.sleep(0.3)
+        # The check runs in a worker thread; a loaded machine may take a while.
+        with trio.move_on_after(10):
+            while not mismatched:
+                await trio.sleep(0.05)
 
     run_with_fetcher(tmp_path, server, body)
     assert mismatched == [file]
