@@ -149,7 +149,8 @@ class Fetcher:
     def block_count(self, file: records.OriginalFile) -> int:
         return math.ceil(file.size / self.block_size)
 
-    async def read(self, file: records.OriginalFile, offset: int, length: int, stream: Stream | None = None) -> bytes:
+    async def read(self, file: records.OriginalFile, offset: int, length: int,
+                   stream: Stream | None = None) -> bytes | memoryview:
         """Return ``length`` bytes of ``file`` from ``offset``, fewer at its end."""
         if offset >= file.size or length <= 0:
             return b""
@@ -178,7 +179,9 @@ class Fetcher:
 
         start = offset - first * self.block_size
         joined = blocks[first] if first == last else b"".join(blocks[i] for i in range(first, last + 1))
-        return joined[start:start + end - offset]
+        # A view, not a copy: the kernel asks for each block in several pieces,
+        # and pyfuse3 replies from any buffer.
+        return memoryview(joined)[start:start + end - offset]
 
     def _memory_block(self, file: records.OriginalFile, index: int) -> bytes | None:
         memory_key = (file.id, index)
