@@ -68,6 +68,12 @@ CONNECT_TIMEOUT_MS = 5000
 # process that waits on it. A 16 MiB read at 1 MiB/s still fits.
 INVOCATION_TIMEOUT_MS = 30000
 
+# Once a call has given up on an unreachable server (after its retries, up
+# to retry_seconds, or one INVOCATION_TIMEOUT_MS), calls fail at once for
+# this long (seconds). Otherwise every request of an `ls -lR` waits out its
+# own retries or time-out, and cached records come only after that wait.
+UNREACHABLE_SECONDS = 10.0
+
 # omero-py's keep-alive thread pings the session at this period (seconds).
 # OMERO's default idle time-out is 10 minutes; a third of it leaves room
 # for a missed ping.
@@ -273,6 +279,7 @@ class Connection:
         self._stores: list = []
         self._services: dict[int, object] = {}
         self._closed = False
+        self._unreachable_until = 0.0
 
     # Session life cycle
 
@@ -448,6 +455,10 @@ class Connection:
         while True:
             attempt += 1
             generation = 0
+            wait = self._unreachable_until - time.monotonic()
+            if wait > 0:
+                raise ServerUnavailable(f"{what}: cannot reach the server (it did not answer a moment ago; "
+                                        f"the next try is in {wait:.0f} s)")
             try:
                 session, generation = self._current()
                 return function(session)
@@ -459,6 +470,8 @@ class Connection:
 
             delay = min(2.0 ** attempt * 0.05, 2.0) * random.uniform(0.5, 1.5)
             if not getattr(failure, "temporary", False) or time.monotonic() + delay > deadline:
+                if isinstance(failure, ServerUnavailable):
+                    self._unreachable_until = time.monotonic() + UNREACHABLE_SECONDS
                 raise failure
             log.info("%s failed (attempt %d): %s; retrying in %.2f s", what, attempt, failure, delay)
             time.sleep(delay)
