@@ -11,6 +11,7 @@ The daemon ends, closing the session it owns, when the filesystem is
 unmounted (``omerofs umount``, ``fusermount3 -u``) or on SIGTERM or SIGINT.
 """
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -153,7 +154,9 @@ def run(options: MountOptions, ready: Callable[[str | None], None]) -> int:
     # request that stays unanswered until the main loop runs.
     mountpoint = os.path.realpath(options.mountpoint)
     registration = registration_path(mountpoint)
+    lock = None
     try:
+        lock = _lock_mountpoint(registration, mountpoint)
         check_mountpoint(mountpoint)
         cache = BlockCache(Path(options.cache_dir), size_limit=options.cache_size)
         connection = _connect(options)
@@ -194,11 +197,47 @@ def run(options: MountOptions, ready: Callable[[str | None], None]) -> int:
         if mounted:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", mountpoint)
-        registration.unlink(missing_ok=True)
+            # Only the process that mounted owns the registration; a daemon
+            # that failed its checks must not remove a running mount's.
+            registration.unlink(missing_ok=True)
         if connection is not None:
             connection.close()
+        elif options.session_key_owned and not options.offline:
+            _end_unused_session(options)
         if cache is not None:
             cache.close()
+        if lock is not None:
+            lock.close()
+
+
+def _end_unused_session(options: MountOptions) -> None:
+    """End the session that ``omerofs mount`` created for this daemon, which never used it."""
+    from .remote import Connection, Credentials, ServerAddress
+
+    credentials = Credentials(options.user, None, options.session_key, session_key_owned=True)
+    connection = Connection(ServerAddress.parse(options.server, options.port), credentials)
+    try:
+        connection.connect()
+    except OmerofsError as error:
+        log.debug("could not end the unused session: %s", error)
+        return
+    connection.close()
+
+
+def _lock_mountpoint(registration: Path, mountpoint: str):
+    """Return an open file holding this process's exclusive lock on ``mountpoint``.
+
+    Two mounts started at once both pass check_mountpoint before either
+    mounts, and the second would then stack on the first. The lock lives
+    as long as the file stays open; the kernel drops it when the process ends.
+    """
+    lock = open(registration.with_suffix(".lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise UsageError(f"{mountpoint} is already being mounted by another omerofs process.") from None
+    return lock
 
 
 async def _serve(operations: Operations, fetcher: Fetcher, catalog: Catalog, registration: Path) -> None:

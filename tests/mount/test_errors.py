@@ -216,3 +216,30 @@ def test_full_cache_disk_still_serves_reads(full_disk, omero_server, mounter):
     log_text = mount.log_text()
     assert "Cannot write to the cache" in log_text
     assert "Traceback" not in log_text
+
+
+def test_two_mounts_at_once_mount_once(omero_server, tmp_path, runtime_dir):
+    from support import OMEROFS, Mount
+
+    path = tmp_path / "mnt"
+    path.mkdir()
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime_dir), OMERO_SESSIONDIR=str(runtime_dir / "no-sessions"),
+               OMERO_PASSWORD="omero")
+    commands = [[OMEROFS, "mount", str(path), "-s", omero_server.host, "-u", "alice",
+                 "--cache-dir", str(tmp_path / f"cache{i}")] for i in range(2)]
+    processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  stdin=subprocess.DEVNULL) for command in commands]
+    results = [process.communicate(timeout=120) for process in processes]
+    try:
+        codes = sorted(process.returncode for process in processes)
+        mounts = [line for line in open("/proc/mounts") if f" {path} " in line]
+        assert codes == [0, 2], results
+        assert len(mounts) == 1
+        loser = results[[p.returncode for p in processes].index(2)][1]
+        assert "already" in loser
+        assert "Traceback" not in loser
+    finally:
+        # Before the fix both mounted, stacked; unmount each layer.
+        for _ in range(3):
+            if os.path.ismount(path):
+                Mount(path, tmp_path, env, None).unmount()
