@@ -305,4 +305,7 @@ def _daemon_main() -> int:
 
 
 if __name__ == "__main__":
+    # Run with -m, this module is "__main__", outside the "omerofs" logger
+    # that configure_logging sets up, so its lines would miss the log file.
+    log = logging.getLogger("omerofs.mount")
     sys.exit(_daemon_main())

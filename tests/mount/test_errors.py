@@ -243,3 +243,11 @@ def test_two_mounts_at_once_mount_once(omero_server, tmp_path, runtime_dir):
         for _ in range(3):
             if os.path.ismount(path):
                 Mount(path, tmp_path, env, None).unmount()
+
+
+def test_daemon_log_records_mount_and_unmount(omero_server, mounter):
+    mount = mounter(omero_server)
+    mount.unmount()
+    log_text = mount.log_text()
+    assert f"omerofs.mount: mounted {omero_server.host} at" in log_text
+    assert "omerofs.mount: unmounted" in log_text
