@@ -309,7 +309,10 @@ def command_unpin(args) -> int:
     targets = [records.parse_target(t) for t in args.targets]
     if not args.server:
         raise UsageError("No server given; use -s with the server that the targets were pinned from.")
-    cache = BlockCache(Path(args.cache_dir).expanduser(), size_limit=args.cache_size)
+    cache_dir = Path(args.cache_dir).expanduser()
+    if not cache_dir.is_dir():
+        raise UsageError(f"There is no cache in {cache_dir}; check --cache-dir.")
+    cache = BlockCache(cache_dir, size_limit=args.cache_size)
     try:
         removed = unpin(cache, _cached_server(cache, args), targets)
     finally:

@@ -4,7 +4,7 @@ import json
 import os
 from pathlib import Path
 
-from .blocks import BlockCache
+from .blocks import DEFAULT_SIZE_LIMIT, BlockCache
 from .catalog import Catalog
 from .fetch import Fetcher
 from .mount import runtime_dir
@@ -63,6 +63,11 @@ def _mounts(cache_dir: Path) -> list[dict]:
 
 def cache_status(cache_dir: Path) -> dict:
     """Return sizes, pins and mounts of one cache directory as plain data."""
+    if not cache_dir.exists():
+        # Opening a BlockCache would create the directory (for a mistyped
+        # --cache-dir too), so report an empty cache without one.
+        return {"cache_dir": str(cache_dir), "cached": 0, "pinned": 0, "limit": DEFAULT_SIZE_LIMIT, "pins": [],
+                "mounts": []}
     cache = BlockCache(cache_dir)
     try:
         return {"cache_dir": str(cache_dir), **cache.volume(), "pins": _pins(cache), "mounts": _mounts(cache_dir)}

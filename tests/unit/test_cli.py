@@ -54,3 +54,19 @@ def test_mount_with_file_as_cache_dir_is_cache_error(capsys, mountpoint, tmp_pat
     assert str(cache_dir) in error
     # The cache directory is checked before the log-in, so no session is left behind.
     assert logins == []
+
+
+def test_status_of_missing_cache_dir_creates_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    cache_dir = tmp_path / "no-such-cache"
+    code, _ = run(capsys, "status", "--cache-dir", str(cache_dir), "--json")
+    assert code == 0
+    assert not cache_dir.exists()
+
+
+def test_unpin_with_missing_cache_dir_is_usage_error(capsys, tmp_path):
+    cache_dir = tmp_path / "no-such-cache"
+    code, error = run(capsys, "unpin", "Image:1", "-s", "tcp://127.0.0.1:1", "--cache-dir", str(cache_dir))
+    assert code == 2
+    assert "no cache" in error
+    assert not cache_dir.exists()
