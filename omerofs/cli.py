@@ -23,7 +23,7 @@ from pathlib import Path
 from . import __version__, records
 from .blocks import DEFAULT_SIZE_LIMIT
 from .catalog import DEFAULT_TTL
-from .errors import AuthenticationError, CacheError, OmerofsError, UsageError
+from .errors import AuthenticationError, CacheError, NotFound, OmerofsError, UsageError
 from .fetch import DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE
 from .mount import MountOptions, check_mountpoint, default_cache_dir, read_registration
 
@@ -203,6 +203,11 @@ def command_mount(args) -> int:
         # Log in here, so that errors and the prompt reach the user, then hand
         # the session to the daemon, which joins it.
         connection = _connect(args)
+        try:
+            _check_targets(connection, [records.parse_target(t) for t in args.targets])
+        except OmerofsError:
+            connection.close()
+            raise
         credentials = connection.credentials
         options.user = credentials.user
         options.password = credentials.password
@@ -285,6 +290,7 @@ def command_pin(args) -> int:
     cache = BlockCache(Path(args.cache_dir).expanduser(), size_limit=args.cache_size)
     connection = _connect(args)
     try:
+        _check_targets(connection, targets)
         server = connection.server_identity().database_uuid
         cache.set_record(f"address/{args.server}:{args.port}", server)
         summary = trio.run(run_pin, connection, cache, server, targets)
@@ -293,6 +299,15 @@ def command_pin(args) -> int:
         cache.close()
     print(summary_json(summary) if args.json else summary_text(summary))
     return 0 if summary.ok else 10
+
+
+def _check_targets(connection, targets) -> None:
+    """Raise NotFound for target IDs that do not exist, so a mistyped ID is not an empty success."""
+    for target in targets:
+        missing = connection.missing_target_ids(target)
+        if missing:
+            raise NotFound(f"{target.kind} {', '.join(map(str, missing))} not found, or not readable by "
+                           f"{connection.credentials.user or 'this session'}.")
 
 
 def _cached_server(cache, args) -> str:

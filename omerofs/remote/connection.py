@@ -529,6 +529,16 @@ class Connection:
                 found[image_id] = records.Image(image_id, name or "", fileset_id, (updated or 0) / 1000.0)
         return found
 
+    def missing_target_ids(self, target: records.ImageTarget) -> list[int]:
+        """Return the IDs of ``target`` that do not exist or that the user cannot read."""
+        found: set[int] = set()
+        for batch in _batches(list(target.ids)):
+            # target.kind is one of records.TARGET_KINDS, all OMERO class names.
+            rows = self._projection(f"Checking {target}", f"select o.id from {target.kind} o where o.id in (:ids)",
+                                    _ids_param("ids", batch))
+            found.update(row[0] for row in rows)
+        return [i for i in target.ids if i not in found]
+
     def target_image_ids(self, target: records.ImageTarget) -> list[int]:
         """Return the IDs of the images under a target such as ``Dataset:3``."""
         hql_by_kind = {

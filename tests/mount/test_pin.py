@@ -320,3 +320,20 @@ def test_ctrl_c_stops_pin_with_exit_130(own_server, tmp_path, runtime_dir):
     assert process.returncode == 130
     assert "interrupted" in error
     assert "Traceback" not in error
+
+
+@pytest.mark.parametrize("target", ["Image:987654321", "Dataset:987654321", "Plate:987654321"])
+def test_pin_of_missing_target_is_not_found(omero_server, tmp_path, runtime_dir, target):
+    cache_dir = tmp_path / "cache"
+    result = pin(omero_server, target, cache_dir=cache_dir, runtime=runtime_dir)
+    assert result.returncode == 5
+    assert "987654321 not found" in result.stderr
+    status = run_omerofs("status", "--json", cache_dir=cache_dir, runtime=runtime_dir)
+    assert json.loads(status.stdout)["pins"] == []
+
+
+def test_mount_of_missing_target_is_not_found(omero_server, mounter):
+    mount = mounter(omero_server, "Dataset:987654321", check=False)
+    assert mount.result.returncode == 5
+    assert "Dataset 987654321 not found" in mount.result.stderr
+    assert not os.path.ismount(mount.path)
