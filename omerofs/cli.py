@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 # `omerofs mount` waits this long (seconds) for the daemon to report that
 # the mount is ready: login, the first server calls and the FUSE set-up.
 MOUNT_READY_TIMEOUT = 60.0
+
+# The type /proc/self/mounts shows for an omerofs mount: "fuse." and the
+# subtype that the mount daemon passes to the kernel.
+OMEROFS_FILESYSTEM = "fuse.omerofs"
 
 # `omerofs umount` waits this long (seconds) for the daemon to exit after
 # the unmount, so that its session is closed when the command returns.
@@ -253,6 +258,10 @@ def command_umount(args) -> int:
     registration = read_registration(mountpoint)
     if not os.path.ismount(mountpoint):
         raise UsageError(f"{mountpoint} is not mounted.")
+    # Run as root, fusermount3 -u unmounts any filesystem, not only FUSE ones.
+    filesystem = _filesystem_type(os.path.realpath(mountpoint))
+    if filesystem is not None and filesystem != OMEROFS_FILESYSTEM:
+        raise UsageError(f"{mountpoint} is a {filesystem} mount, not an omerofs one; omerofs leaves it alone.")
     fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
     if fusermount is None:
         raise OmerofsError("fusermount3 not found; install the fuse3 package.")
@@ -265,6 +274,25 @@ def command_umount(args) -> int:
         _wait_for_exit(registration["pid"])
     print(f"Unmounted {mountpoint}")
     return 0
+
+
+def _filesystem_type(mountpoint: str, mounts: Path = Path("/proc/self/mounts")) -> str | None:
+    """Return the type that the mount table gives the top mount at ``mountpoint``, None if unknown."""
+    try:
+        lines = mounts.read_text().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 3 and _unescape_mount_path(fields[1]) == mountpoint:
+            found = fields[2]
+    return found
+
+
+def _unescape_mount_path(path: str) -> str:
+    """Undo the octal escapes (``\\040`` for a space) that the kernel writes in mount tables."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), path)
 
 
 def _wait_for_exit(pid: int) -> None:

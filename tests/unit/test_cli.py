@@ -70,3 +70,24 @@ def test_unpin_with_missing_cache_dir_is_usage_error(capsys, tmp_path):
     assert code == 2
     assert "no cache" in error
     assert not cache_dir.exists()
+
+
+def test_filesystem_type_reads_escaped_mount_table(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text("tmpfs /data/my\\040mount tmpfs rw 0 0\n"
+                      "omerofs /data/my\\040mount fuse.omerofs ro 0 0\n"
+                      "/dev/vda / ext4 rw 0 0\n")
+    assert cli._filesystem_type("/data/my mount", mounts) == "fuse.omerofs"
+    assert cli._filesystem_type("/", mounts) == "ext4"
+    assert cli._filesystem_type("/elsewhere", mounts) is None
+
+
+def test_umount_leaves_other_filesystems_alone(capsys, tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(cli.os.path, "ismount", lambda path: True)
+    monkeypatch.setattr(cli, "_filesystem_type", lambda path: "ext4")
+    monkeypatch.setattr(cli.subprocess, "run", lambda command, **kwargs: commands.append(command))
+    code, error = run(capsys, "umount", str(tmp_path))
+    assert code == 2
+    assert "ext4" in error
+    assert commands == []
