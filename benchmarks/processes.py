@@ -43,6 +43,9 @@ LOGIN_REFRESH_SECONDS = 300.0
 # seconds; this leaves room for a busy machine.
 SERVER_START_TIMEOUT = 120.0
 
+# Starts of a test server before the run gives up on it.
+SERVER_START_ATTEMPTS = 3
+
 # `omerofs mount` itself waits up to 60 s for its daemon.
 MOUNT_TIMEOUT = 120.0
 
@@ -139,32 +142,52 @@ class Server:
 
 
 def start_servers(repositories: dict[str, Path], log_dir: Path, stack: contextlib.ExitStack) -> dict[str, Server]:
-    """Start one test server per repository, all at once, and wait until each listens."""
-    starting = {}
-    for name, data in repositories.items():
-        port, control_port = free_port(), free_port()
-        log_path = log_dir / f"testserver-{name}.log"
-        with open(log_path, "w") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "omerofs.testserver", "--data", str(data), "--port", str(port),
-                 "--control-port", str(control_port), "--log-level", "WARNING"],
-                stdout=subprocess.PIPE, stderr=log_file, text=True)
-        server = Server(name, process, port, control_port, log_path)
-        stack.callback(server.stop)
-        starting[name] = server
+    """Start one test server per repository, all at once, and wait until each listens.
 
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    for server in starting.values():
-        line = ""
-        while time.monotonic() < deadline:
-            line = server.process.stdout.readline()
-            if line.startswith("listening on") or server.process.poll() is not None:
+    A server that exits before it listens is started again on new ports,
+    up to ``SERVER_START_ATTEMPTS`` times: another process on the machine
+    may take a port between ``free_port`` and the server's bind.
+    """
+    servers = {name: _spawn_server(name, data, log_dir, stack) for name, data in repositories.items()}
+    for name, data in repositories.items():
+        for attempt in range(1, SERVER_START_ATTEMPTS + 1):
+            if _wait_listening(servers[name]):
                 break
-        if not line.startswith("listening on"):
-            raise RuntimeError(f"the test server for {server.name} did not start; see {server.log_path}")
-        server.process.stdout.close()
-        log.info("test server %s listening on %s", server.name, server.host)
-    return starting
+            servers[name].stop()
+            log_tail = servers[name].log_path.read_text()[-2000:]
+            if attempt == SERVER_START_ATTEMPTS:
+                raise RuntimeError(f"the test server for {name} did not start: {log_tail}")
+            log.warning("test server %s did not start (attempt %d); starting it on new ports: %s",
+                        name, attempt, log_tail.strip().splitlines()[-1:] or "no log")
+            servers[name] = _spawn_server(name, data, log_dir, stack)
+        log.info("test server %s listening on %s", name, servers[name].host)
+    return servers
+
+
+def _spawn_server(name: str, data: Path, log_dir: Path, stack: contextlib.ExitStack) -> Server:
+    port, control_port = free_port(), free_port()
+    log_path = log_dir / f"testserver-{name}.log"
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "omerofs.testserver", "--data", str(data), "--port", str(port),
+             "--control-port", str(control_port), "--log-level", "WARNING"],
+            stdout=subprocess.PIPE, stderr=log_file, text=True)
+    server = Server(name, process, port, control_port, log_path)
+    stack.callback(server.stop)
+    return server
+
+
+def _wait_listening(server: Server) -> bool:
+    """Wait for the server's ``listening on`` line; return False if it exits first."""
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        line = server.process.stdout.readline()
+        if line.startswith("listening on"):
+            server.process.stdout.close()
+            return True
+        if not line and server.process.poll() is not None:
+            return False
+    return False
 
 
 @dataclass

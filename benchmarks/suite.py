@@ -189,6 +189,7 @@ class Bench:
 
     def run(self) -> None:
         started = time.monotonic()
+        load_before = os.getloadavg()[0]
         self._prepare()
         self.sequential_reads()
         self.warm_reads()
@@ -197,7 +198,9 @@ class Bench:
         self.metadata()
         self.pin()
         self.rows.sort(key=lambda row: (row.key, row.latency != NO_VALUE, _latency_order(row.latency)))
-        self.details.append(f"The run took {time.monotonic() - started:.0f} s.")
+        self.details.append(f"The run took {time.monotonic() - started:.0f} s. The 1-minute load average was "
+                            f"{load_before:.2f} at its start, from other work on the machine, and "
+                            f"{os.getloadavg()[0]:.2f} at its end, this run's own work included.")
 
     # Set-up
 
