@@ -105,6 +105,13 @@ class ServerAddress:
             if not host or not (port_text.isascii() and port_text.isdigit()):
                 raise UsageError(f"Invalid server address {server!r}; expected {scheme}://HOST:PORT.")
             port = int(port_text)
+        elif server.count(":") == 1:
+            host, _, port_text = server.partition(":")
+            if not host or not (port_text.isascii() and port_text.isdigit()):
+                raise UsageError(f"Invalid server address {server!r}; expected HOST or HOST:PORT.")
+            if port is not None and port != int(port_text):
+                raise UsageError(f"The server address {server!r} and -p {port} name different ports.")
+            server, port = host, int(port_text)
         elif port is None:
             port = DEFAULT_PORT
         if not 0 < port < 65536:

@@ -49,3 +49,20 @@ def test_server_address_with_non_ascii_port_is_usage_error(server):
 
     with pytest.raises(UsageError):
         ServerAddress.parse(server)
+
+
+def test_server_address_forms():
+    from omerofs.remote import ServerAddress
+
+    assert ServerAddress.parse("omero.example.org") == ServerAddress("omero.example.org", 4064)
+    assert ServerAddress.parse("omero.example.org", 4065) == ServerAddress("omero.example.org", 4065)
+    assert ServerAddress.parse("127.0.0.1:14064") == ServerAddress("127.0.0.1", 14064)
+    assert ServerAddress.parse("tcp://127.0.0.1:14064") == ServerAddress("tcp://127.0.0.1:14064", 14064)
+
+
+@pytest.mark.parametrize("text", ["", "host:", "host:abc", "ftp://host:1", "tcp://host", "host:70000"])
+def test_invalid_server_address_is_usage_error(text):
+    from omerofs.remote import ServerAddress
+
+    with pytest.raises(UsageError):
+        ServerAddress.parse(text)
