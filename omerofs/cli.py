@@ -256,10 +256,12 @@ def _start_daemon(options: MountOptions) -> int:
 def command_umount(args) -> int:
     mountpoint = os.path.abspath(args.mountpoint)
     registration = read_registration(mountpoint)
-    if not os.path.ismount(mountpoint):
+    # A mount whose daemon ended is in the mount table, but os.path.ismount
+    # cannot stat it (ENOTCONN); fusermount3 -u still removes it.
+    filesystem = _filesystem_type(os.path.realpath(mountpoint))
+    if filesystem is None and not os.path.ismount(mountpoint):
         raise UsageError(f"{mountpoint} is not mounted.")
     # Run as root, fusermount3 -u unmounts any filesystem, not only FUSE ones.
-    filesystem = _filesystem_type(os.path.realpath(mountpoint))
     if filesystem is not None and filesystem != OMEROFS_FILESYSTEM:
         raise UsageError(f"{mountpoint} is a {filesystem} mount, not an omerofs one; omerofs leaves it alone.")
     fusermount = shutil.which("fusermount3") or shutil.which("fusermount")

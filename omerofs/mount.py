@@ -11,12 +11,14 @@ The daemon ends, closing the session it owns, when the filesystem is
 unmounted (``omerofs umount``, ``fusermount3 -u``) or on SIGTERM or SIGINT.
 """
 
+import errno
 import fcntl
 import hashlib
 import json
 import logging
 import os
 import signal
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -101,12 +103,19 @@ def _write_registration(path: Path, content: dict) -> None:
 
 def check_mountpoint(mountpoint: str) -> None:
     """Raise UsageError unless ``mountpoint`` is an existing, unmounted directory."""
-    path = Path(mountpoint)
-    if not path.exists():
-        raise UsageError(f"Mount point {mountpoint} does not exist; create it with mkdir first.")
-    if not path.is_dir():
+    try:
+        mode = os.stat(mountpoint).st_mode
+    except FileNotFoundError:
+        raise UsageError(f"Mount point {mountpoint} does not exist; create it with mkdir first.") from None
+    except OSError as error:
+        if error.errno == errno.ENOTCONN:
+            # A FUSE mount whose daemon ended without unmounting.
+            raise UsageError(f"{mountpoint} is a mount whose daemon has ended; clean it up with "
+                             f"`omerofs umount {mountpoint}` first.") from None
+        raise UsageError(f"Cannot use mount point {mountpoint}: {error.strerror}.") from None
+    if not stat.S_ISDIR(mode):
         raise UsageError(f"Mount point {mountpoint} is not a directory.")
-    if os.path.ismount(path):
+    if os.path.ismount(mountpoint):
         raise UsageError(f"{mountpoint} is already a mount point; unmount it first (omerofs umount {mountpoint}).")
 
 

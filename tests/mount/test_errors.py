@@ -2,6 +2,7 @@
 
 import errno
 import os
+import signal
 import subprocess
 import time
 
@@ -251,3 +252,32 @@ def test_daemon_log_records_mount_and_unmount(omero_server, mounter):
     log_text = mount.log_text()
     assert f"omerofs.mount: mounted {omero_server.host} at" in log_text
     assert "omerofs.mount: unmounted" in log_text
+
+
+def test_mount_left_by_killed_daemon_is_cleaned_up(omero_server, mounter):
+    from support import OMEROFS
+
+    # With --ttl 0 the kernel keeps no attributes of the root, so a stat
+    # reaches the dead daemon's connection and fails with ENOTCONN.
+    mount = mounter(omero_server, "--ttl", "0")
+    os.kill(mount.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.listdir(mount.path)
+        except OSError as error:
+            if error.errno == errno.ENOTCONN:
+                break
+        time.sleep(0.1)
+
+    again = subprocess.run([OMEROFS, "mount", str(mount.path), "-s", omero_server.host, "-u", "alice"],
+                           capture_output=True, text=True, env=mount.env, timeout=60)
+    assert again.returncode == 2
+    assert "daemon has ended" in again.stderr
+    assert f"omerofs umount {mount.path}" in again.stderr
+    assert "Traceback" not in again.stderr
+
+    unmounted = subprocess.run([OMEROFS, "umount", str(mount.path)], capture_output=True, text=True,
+                               env=mount.env, timeout=60)
+    assert unmounted.returncode == 0, unmounted.stderr
+    assert str(mount.path) not in open("/proc/mounts").read()
