@@ -111,15 +111,17 @@ class BlockCache:
                                            eviction_policy="none")
             self._records = diskcache.Cache(str(self.directory / "records"), size_limit=2 ** 62,
                                             eviction_policy="none")
-        except (OSError, diskcache.Timeout) as error:
-            raise CacheError(f"Cannot open the cache in {self.directory}: {error}") from error
-        if size_limit is not None:
-            self._blocks.reset("size_limit", size_limit)
-            self._records.set("settings/size-limit", size_limit)
-        elif self._records.get("settings/size-limit") is None:
-            # diskcache's own default (1 GB) would apply otherwise.
-            self._blocks.reset("size_limit", DEFAULT_SIZE_LIMIT)
-            self._records.set("settings/size-limit", DEFAULT_SIZE_LIMIT)
+            if size_limit is not None:
+                self._blocks.reset("size_limit", size_limit)
+                self._records.set("settings/size-limit", size_limit)
+            elif self._records.get("settings/size-limit") is None:
+                # diskcache's own default (1 GB) would apply otherwise.
+                self._blocks.reset("size_limit", DEFAULT_SIZE_LIMIT)
+                self._records.set("settings/size-limit", DEFAULT_SIZE_LIMIT)
+        except (OSError, sqlite3.Error, diskcache.Timeout) as error:
+            # A read-only directory fails here, in SQLite, even for status.
+            raise CacheError(f"Cannot open the cache in {self.directory}: {error}; the cache directory must be "
+                             "writable.") from error
         self._free_checked_at = 0.0
         self._free_ok = True
         self._last_warning = 0.0

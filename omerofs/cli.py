@@ -199,10 +199,14 @@ def command_mount(args) -> int:
     # Before the log-in: a session handed to a daemon that never starts
     # would stay open on the server.
     logs = cache_dir / "logs"
+    if not args.foreground:
+        options.log_file = str(logs / f"mount-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
     try:
         logs.mkdir(parents=True, exist_ok=True)
+        if options.log_file:
+            open(options.log_file, "a").close()
     except OSError as error:
-        raise CacheError(f"Cannot create the log directory {logs}: {error.strerror}; "
+        raise CacheError(f"Cannot write the mount's log in {logs}: {error.strerror}; "
                          "give a writable --cache-dir.") from error
     if not args.offline:
         # Log in here, so that errors and the prompt reach the user, then hand
@@ -224,7 +228,6 @@ def command_mount(args) -> int:
         mount.configure_logging(None, args.debug)
         return mount.run(options, lambda message: None)
 
-    options.log_file = str(logs / f"mount-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
     return _start_daemon(options)
 
 

@@ -281,3 +281,40 @@ def test_mount_left_by_killed_daemon_is_cleaned_up(omero_server, mounter):
                                env=mount.env, timeout=60)
     assert unmounted.returncode == 0, unmounted.stderr
     assert str(mount.path) not in open("/proc/mounts").read()
+
+
+@pytest.fixture
+def read_only_cache(tmp_path):
+    """A cache directory with a cache and a log directory in it, on a tmpfs then made read-only."""
+    from omerofs.blocks import BlockCache
+
+    disk = tmp_path / "read-only-disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16M", "tmpfs", str(disk)], check=True)
+    try:
+        BlockCache(disk / "cache").close()
+        (disk / "cache" / "logs").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        yield disk / "cache"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("command", [["status"], ["pin", "Image:1"], ["unpin", "Image:1"], ["mount"],
+                                     ["mount", "--foreground"], ["mount", "--offline", "--foreground"]])
+def test_read_only_cache_is_a_clear_cache_error(read_only_cache, omero_server, tmp_path, command):
+    from support import OMEROFS
+
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    arguments = [*command, "--cache-dir", str(read_only_cache)]
+    if command[0] == "mount":
+        arguments.insert(1, str(mountpoint))
+    if command[0] != "status":
+        arguments += ["-s", omero_server.host] + (["-u", "alice"] if "--offline" not in command else [])
+    result = subprocess.run([OMEROFS, *arguments], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, OMERO_PASSWORD="omero", XDG_RUNTIME_DIR=str(tmp_path / "run")))
+    assert result.returncode == 9, result.stderr
+    assert "writable" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not os.path.ismount(mountpoint)
