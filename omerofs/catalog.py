@@ -300,8 +300,15 @@ class Catalog:
         return None
 
     def known_file(self, file_id: int) -> records.OriginalFile | None:
-        """Return a file's record if any loaded or persisted fileset contains it."""
-        return self._files.get(file_id)
+        """Return a file's record if a loaded or persisted fileset contains it, or it was remembered."""
+        file = self._files.get(file_id)
+        if file is None:
+            file = self.cache.get_record(self._record_key("original-file", file_id))
+        return file
+
+    def remember_file(self, file: records.OriginalFile) -> None:
+        """Persist the record of a file outside any fileset, such as a file attachment."""
+        self.cache.set_record(self._record_key("original-file", file.id), file)
 
     def repository_files(self, uuid: str | None) -> dict[int, records.OriginalFile]:
         """Return the files known so far in one repository (None: legacy files)."""

@@ -141,7 +141,10 @@ class Operations(pyfuse3.Operations):
             attributes.st_mode = stat.S_IFLNK | 0o777
             attributes.st_nlink = 1
         else:
-            attributes.st_mode = stat.S_IFREG | 0o444
+            # A file the server forbids downloading shows no read permission,
+            # so `ls -l` tells before a read fails with EACCES.
+            restricted = isinstance(node, tree.File) and node.file.restricted
+            attributes.st_mode = stat.S_IFREG | (0o000 if restricted else 0o444)
             attributes.st_nlink = 1
         attributes.st_size = described.size
         attributes.st_blksize = self.fetcher.block_size

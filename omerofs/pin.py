@@ -182,6 +182,7 @@ async def collect_metadata(catalog: Catalog, image_ids: Sequence[int]) -> dict[i
                 await visit(path + (name,))
         elif isinstance(node, tree.File):
             attachments[node.file.id] = node.file
+            catalog.remember_file(node.file)
 
     for image_id in image_ids:
         for entry in _METADATA_ENTRIES:

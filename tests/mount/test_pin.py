@@ -1,5 +1,6 @@
 """pin, unpin, status and offline mounts over one cache."""
 
+import functools
 import json
 import os
 import signal
@@ -134,8 +135,14 @@ def test_pin_resumes_after_kill_and_fetches_nothing_twice(own_server, tmp_path, 
     env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime_dir), OMERO_PASSWORD="omero")
     process = subprocess.Popen([OMEROFS, "pin", target, "-s", own_server.host, "-u", "alice", "--cache-dir",
                                 str(cache_dir)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # Long enough to log in and store some blocks, short of the whole pin at 512 KiB/s.
-    time.sleep(3.0)
+    # Kill the pin as soon as it has stored some blocks; at 512 KiB/s the
+    # whole dataset takes several seconds more.
+    sizes = dict(zip(*file_sizes_by_id(own_server, target)))
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if (cache_dir / "pinned").exists() and stored_blocks(cache_dir, own_server, sizes) > 0:
+            break
+        time.sleep(0.2)
     assert process.poll() is None, "pin finished before it could be interrupted; lower the bandwidth"
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -144,7 +151,6 @@ def test_pin_resumes_after_kill_and_fetches_nothing_twice(own_server, tmp_path, 
     control.set(bandwidth=None)
     control.reset()
     # Blocks the killed pin stored stay; blocks it was still downloading are lost.
-    sizes = dict(zip(*file_sizes_by_id(own_server, target)))
     stored = stored_blocks(cache_dir, own_server, sizes)
     assert 0 < stored < sum(block_count(size) for size in sizes.values())
     result = pin(own_server, target, "--json", cache_dir=cache_dir, runtime=runtime_dir)
@@ -187,17 +193,22 @@ def file_sizes_by_id(server, target: str) -> tuple[list[int], list[int]]:
         client.closeSession()
 
 
-def stored_blocks(cache_dir, server, sizes: dict[int, int]) -> int:
-    """Count the blocks of these files that the cache holds."""
+@functools.cache
+def database_uuid(host: str, port: int) -> str:
     import omero.clients
 
-    from omerofs.blocks import BlockCache, BlockKey
-
-    client = omero.client(host=server.host, port=server.port)
+    client = omero.client(host=host, port=port)
     try:
-        uuid = client.createSession("alice", "omero").getConfigService().getDatabaseUuid()
+        return client.createSession("alice", "omero").getConfigService().getDatabaseUuid()
     finally:
         client.closeSession()
+
+
+def stored_blocks(cache_dir, server, sizes: dict[int, int]) -> int:
+    """Count the blocks of these files that the cache holds."""
+    from omerofs.blocks import BlockCache, BlockKey
+
+    uuid = database_uuid(server.host, server.port)
     cache = BlockCache(cache_dir)
     try:
         return sum(cache.contains(BlockKey(uuid, file_id, BLOCK, index))
