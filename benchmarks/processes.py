@@ -1,7 +1,8 @@
 """The processes a benchmark run starts: test servers, mounts and the ``omero`` command.
 
-Every helper registers what it starts with the run's ``ExitStack``, so an
-error or Ctrl-C still unmounts every mount and stops every server.
+Servers and mounts are registered with the run's ``ExitStack`` as they
+start, so an error or Ctrl-C still unmounts every mount and stops every
+server.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def wait4_timed(command: list[str], env: dict | None = None, cwd: str | None = N
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                env=env, cwd=cwd)
-    # Read both pipes without waiting for the exit, so a chatty child cannot block.
+    # Both pipes are read while the child runs, so a child that writes much
+    # output cannot fill a pipe and block.
     out, err = _drain(process)
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
@@ -157,8 +159,9 @@ def start_servers(repositories: dict[str, Path], log_dir: Path, stack: contextli
             log_tail = servers[name].log_path.read_text()[-2000:]
             if attempt == SERVER_START_ATTEMPTS:
                 raise RuntimeError(f"the test server for {name} did not start: {log_tail}")
+            last_line = (log_tail.strip().splitlines() or ["no log"])[-1]
             log.warning("test server %s did not start (attempt %d); starting it on new ports: %s",
-                        name, attempt, log_tail.strip().splitlines()[-1:] or "no log")
+                        name, attempt, last_line)
             servers[name] = _spawn_server(name, data, log_dir, stack)
         log.info("test server %s listening on %s", name, servers[name].host)
     return servers
@@ -205,10 +208,10 @@ class Mount:
     def unmount(self) -> None:
         """Unmount and wait for the daemon to end.
 
-        This is what ``omerofs umount`` does, without its wait: that wait
-        counts a zombie daemon as running, and a zombie whose parent (the
-        ``omerofs mount`` command) has exited waits for init to reap it,
-        which adds a second or two to every unmount.
+        This is what ``omerofs umount`` does, without its wait. That wait
+        counts a zombie daemon as running, and the daemon's parent (the
+        ``omerofs mount`` command) has exited, so the zombie waits for init
+        to reap it, which adds a second or two to every unmount.
         """
         if os.path.ismount(self.path):
             result = subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True, text=True,

@@ -1,10 +1,9 @@
 """The results table: rows, their markdown rendering, and parsing it back.
 
-Every row compares omerofs with an anchor measured in the same run and
-states the ratio so that a value above 1 always favours omerofs: a
-throughput ratio is omerofs / anchor, a time or latency ratio is
-anchor / omerofs. Rows without an anchor (server calls, memory) have an
-absolute target instead.
+Every row compares omerofs with an anchor measured in the same run. A
+ratio above 1 always favours omerofs: a throughput ratio is omerofs /
+anchor, and a time or latency ratio is anchor / omerofs. Rows without an
+anchor (server calls, the memory of `omerofs pin`) have an absolute target or none.
 """
 
 from __future__ import annotations

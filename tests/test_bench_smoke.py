@@ -51,9 +51,11 @@ def table_rows(output: str) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    work_dir = tmp_path_factory.mktemp("bench")
-    result = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--work-dir", str(work_dir)],
+def quick_run():
+    # The run works in its default directory, /var/tmp, not in pytest's: every
+    # pytest session makes /tmp/pytest-of-root private again, and the `omero`
+    # command runs as another user that must reach the run's files.
+    result = subprocess.run([sys.executable, "-m", "benchmarks", "--quick"],
                             cwd=ROOT, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-5000:]
     return result
