@@ -15,6 +15,10 @@ MD5 = "MD5-128"
 # Kinds that a command-line target may name, spelled as OMERO spells them.
 TARGET_KINDS = ("Image", "Dataset", "Project", "Screen", "Plate", "Well", "Fileset")
 
+# OMERO IDs are Java longs; a larger number names no object, and omero-py
+# cannot even send it (RLong raises ValueError).
+MAX_ID = 2 ** 63 - 1
+
 
 @dataclass(frozen=True)
 class OriginalFile:
@@ -109,7 +113,7 @@ def parse_target(text: str) -> ImageTarget:
     ids = []
     for part in ids_text.split(","):
         part = part.strip()
-        if not (part.isascii() and part.isdigit()) or int(part) <= 0:
-            raise UsageError(f"Invalid ID {part!r} in target {text!r}; IDs are positive integers.")
+        if not (part.isascii() and part.isdigit()) or not 0 < int(part) <= MAX_ID:
+            raise UsageError(f"Invalid ID {part!r} in target {text!r}; IDs are positive integers up to {MAX_ID}.")
         ids.append(int(part))
     return ImageTarget(matches[0], tuple(ids))

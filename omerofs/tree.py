@@ -76,7 +76,8 @@ def parse_id(name: str) -> int | None:
     # str.isdigit also accepts digits such as "²" that int() rejects.
     if not (name.isascii() and name.isdigit()) or name.startswith("0"):
         return None
-    return int(name)
+    object_id = int(name)
+    return object_id if object_id <= records.MAX_ID else None
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,9 @@ def first_image_with_binary(mount_path):
 
 
 @pytest.mark.parametrize("path", ["Image/987654321", "Fileset/987654321", "Repository/987654321",
-                                  "Repository/Legacy/987654321", "Image/abc", "Image/0012", "Nothing"])
+                                  "Repository/Legacy/987654321", "Image/abc", "Image/0012", "Nothing",
+                                  "Image/99999999999999999999", "Annotation/99999999999999999999",
+                                  "Image/²"])
 def test_unknown_object_is_enoent(omero_server, mounter, path):
     mount = mounter(omero_server)
     with pytest.raises(FileNotFoundError):

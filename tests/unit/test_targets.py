@@ -25,7 +25,7 @@ def test_target_parses(text, kind, ids):
 
 
 @pytest.mark.parametrize("text", ["Image", "Image:", "Image:x", "Image:0", "Image:-1", "Tag:1", ":1", "Image:1,,2",
-                                  "Image:²", "Image:١"])
+                                  "Image:²", "Image:١", "Image:9223372036854775808"])
 def test_invalid_target_is_usage_error(text):
     with pytest.raises(UsageError):
         records.parse_target(text)

@@ -167,6 +167,8 @@ def test_unknown_and_malformed_ids_are_not_found(tmp_path):
         # Unicode digits: "²" is a digit to str.isdigit but not to int().
         assert await images.lookup("²") is None
         assert await images.lookup("١") is None
+        # Beyond a Java long, omero-py cannot even send the ID.
+        assert await images.lookup("9223372036854775808") is None
 
     trio.run(walk)
 
