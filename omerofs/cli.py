@@ -4,7 +4,8 @@ Exit codes: 0 success; 1 unexpected failure; 2 invalid usage; 3 login
 failed; 4 server error or unreachable; 5 object not found; 6 access
 denied; 7 data not available offline; 8 checksum mismatch; 9 cache
 unusable; 10 pin finished but some files failed or are restricted;
-130 interrupted.
+130 interrupted; 141 standard output closed early (``| head``), as
+for a program that SIGPIPE ends.
 """
 
 import argparse
@@ -403,6 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("omerofs: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader (head, grep -q) stopped early. Point stdout at
+        # /dev/null so that the interpreter's final flush fails no more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _run_command(args) -> int:

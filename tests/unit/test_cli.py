@@ -91,3 +91,20 @@ def test_umount_leaves_other_filesystems_alone(capsys, tmp_path, monkeypatch):
     assert code == 2
     assert "ext4" in error
     assert commands == []
+
+
+def test_closed_output_pipe_exits_quietly(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "omerofs.cli", "status", "--cache-dir", str(tmp_path / "c")],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+                                env=dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path / "run")))
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141
+    assert "Traceback" not in result.stderr
