@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 # Linux NAME_MAX, in bytes of the encoded name.
 NAME_MAX = 255
 
+# The longest symlink target the kernel takes from a FUSE readlink reply, in
+# bytes: PATH_MAX (4096) less the terminating NUL. A longer reply fails, so
+# the link would neither resolve nor read.
+SYMLINK_MAX = 4095
+
 # The mount's top-level directories, in listing order.
 TOP_LEVEL = ("Image", "Fileset", "Repository")
 
@@ -197,6 +202,17 @@ class Document(Node):
         return Attributes("file", size=len(self.content), mtime=self.mtime)
 
 
+def link_or_file(key: tuple, target: str, file: records.OriginalFile) -> Node:
+    """Return a symlink to ``target``, or the file itself where the target is too long for the kernel.
+
+    Limitation: such a file does not resolve into the repository directory,
+    so multi-file formats whose paths are that deep must be opened there.
+    """
+    if len(target.encode("utf-8", "surrogateescape")) > SYMLINK_MAX:
+        return File(key, file)
+    return Symlink(key, target, file.mtime)
+
+
 class Root(Directory):
     key = ("root",)
 
@@ -273,7 +289,7 @@ class _FilesetFiles(Directory):
     def _subdirectory(self, name: str) -> "Directory":
         raise NotImplementedError
 
-    def _link(self, entry: Entry) -> Symlink:
+    def _link(self, entry: Entry) -> Node:
         raise NotImplementedError
 
     async def _entries(self) -> tuple[Entry, ...]:
@@ -311,10 +327,10 @@ class ImageFiles(_FilesetFiles):
     def _subdirectory(self, name: str) -> Directory:
         return ImageFiles(self.catalog, self.image, self.role, self.sub + (name,))
 
-    def _link(self, entry: Entry) -> Symlink:
+    def _link(self, entry: Entry) -> Node:
         target = climb(3 + len(self.sub)) + "/".join(
             ("Fileset", str(self.fileset_id), self.role) + entry.sub + (entry.name,))
-        return Symlink(self.key + (entry.name,), target, entry.file.mtime)
+        return link_or_file(self.key + (entry.name,), target, entry.file)
 
 
 # Fileset/
@@ -387,7 +403,7 @@ class FilesetFiles(_FilesetFiles):
             target_parts = ("Repository", str(repository_id)) + path_components(entry.file.path) + (
                 safe_name(entry.file.name),)
         target = climb(3 + len(self.sub)) + "/".join(target_parts)
-        return Symlink(self.key + (entry.name,), target, entry.file.mtime)
+        return link_or_file(self.key + (entry.name,), target, entry.file)
 
 
 class FilesetImages(Directory):

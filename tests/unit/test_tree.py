@@ -244,3 +244,25 @@ def test_unreachable_server_serves_persisted_image(tmp_path):
     assert trio.run(walk, FakeConnection({5: image}, {}, [])) is not None
     found = trio.run(walk, UnreachableConnection({}, {}, []))
     assert found.image == image
+
+
+def test_link_too_long_for_the_kernel_is_the_file_itself(tmp_path):
+    deep = "/".join(f"{i:03d}" + "d" * 150 for i in range(30)) + "/"
+    files = (make_file(50, "a.tif", "u/" + deep), make_file(51, "b.tif", "u/" + deep))
+    fileset = records.Fileset(10, files, (5,), records.UsedFiles(frozenset({50, 51}), frozenset()))
+    connection = FakeConnection({5: records.Image(5, "a", 10)}, {10: fileset},
+                                [records.Repository(99, "ManagedRepository", "repo-uuid")])
+
+    async def walk():
+        root = tree.Root(Catalog(connection, BlockCache(tmp_path), "server-uuid"))
+        image_binary = await (await (await root.lookup("Image")).lookup("5")).lookup("Binary")
+        fileset_binary = await (await (await root.lookup("Fileset")).lookup("10")).lookup("Binary")
+        return await image_binary.children(), await fileset_binary.children()
+
+    image_links, fileset_entries = trio.run(walk)
+    assert isinstance(image_links["a.tif"], tree.Symlink)
+    assert isinstance(fileset_entries["a.tif"], tree.File)
+    assert fileset_entries["a.tif"].file.id == 50
+    for node in [*image_links.values(), *fileset_entries.values()]:
+        if isinstance(node, tree.Symlink):
+            assert len(node.target.encode()) <= tree.SYMLINK_MAX
