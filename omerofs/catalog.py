@@ -172,6 +172,15 @@ class Catalog:
             image_ids.update(self.cache.get_record(key)["image_ids"])
         return sorted(image_ids)
 
+    def pinned_target_ids(self, kind: str) -> list[int]:
+        """Return the IDs of the pinned targets of one kind, such as the pinned datasets."""
+        object_ids: set[int] = set()
+        for key in self.cache.record_keys(f"pin/{self.server}/"):
+            target = records.parse_target(self.cache.get_record(key)["target"])
+            if target.kind == kind:
+                object_ids.update(target.ids)
+        return sorted(object_ids)
+
     async def image(self, image_id: int) -> records.Image | None:
         """Return an image's record, or None if it does not exist or is not readable."""
         key = self._record_key("image", image_id)

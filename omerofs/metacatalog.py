@@ -384,6 +384,12 @@ class MetaCatalog:
         key = self.catalog._record_key("meta-listing", f"{kind};" + ";".join(str(t) for t in self.catalog.targets))
 
         async def load() -> list[int]:
+            if self.catalog.offline:
+                # What an earlier online mount listed, else what was pinned.
+                persisted = self.catalog.cache.get_record(key)
+                if persisted is not None:
+                    return persisted
+                return self.catalog.pinned_target_ids(kind)
             if self.catalog.targets:
                 return await self._target_container_ids(kind)
             object_ids: list[int] = []

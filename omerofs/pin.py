@@ -136,7 +136,7 @@ async def collect_files(catalog: Catalog, targets: Sequence[records.ImageTarget]
             fileset = await catalog.fileset(fileset_id)
             if fileset is not None:
                 files.update((f.id, f) for f in fileset.files)
-        files.update(await collect_metadata(catalog, sorted(images)))
+        files.update(await collect_metadata(catalog, sorted(images), target))
         found[target] = [files[i] for i in sorted(files)]
         catalog.cache.set_record(pin_record_key(catalog.server, target), {
             "target": str(target), "image_ids": sorted(images), "file_ids": sorted(files),
@@ -149,8 +149,12 @@ async def collect_files(catalog: Catalog, targets: Sequence[records.ImageTarget]
 # the catalog fetch and persist every record an offline mount needs there.
 _METADATA_ENTRIES = ("Metadata", "Export", "Annotation", "Roi")
 
+# Targets that have a directory of their own at the mount's root.
+_CONTAINER_KINDS = ("Project", "Dataset", "Screen", "Plate")
 
-async def collect_metadata(catalog: Catalog, image_ids: Sequence[int]) -> dict[int, records.OriginalFile]:
+
+async def collect_metadata(catalog: Catalog, image_ids: Sequence[int],
+                           target: records.ImageTarget | None = None) -> dict[int, records.OriginalFile]:
     """Walk the images' metadata in the namespace; return the file attachments met there.
 
     Following every link from ``Image/<id>/Annotation`` and ``Roi`` reaches
@@ -187,6 +191,10 @@ async def collect_metadata(catalog: Catalog, image_ids: Sequence[int]) -> dict[i
     for image_id in image_ids:
         for entry in _METADATA_ENTRIES:
             await visit(("Image", str(image_id), entry))
+    if target is not None and target.kind in _CONTAINER_KINDS:
+        # The container's own directory, so an offline mount can list it.
+        for object_id in target.ids:
+            await visit((target.kind, str(object_id)))
     return attachments
 
 

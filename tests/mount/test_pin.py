@@ -73,6 +73,8 @@ def test_pinned_dataset_works_offline(own_server, mounter, tmp_path, runtime_dir
             report = showinf(os.path.realpath(top_level[0]))
             assert report.returncode == 0, report.stdout[-2000:]
     assert len(files) == summary["files"]
+    assert os.listdir(mount.path / "Dataset") == [str(dataset)]
+    assert sorted(int(n) for n in os.listdir(mount.path / "Dataset" / str(dataset) / "Image")) == image_ids
     for image_id in listed:
         for kind in ("Metadata", "Export"):
             document = mount.path / "Image" / str(image_id) / kind / f"image-{image_id}.ome.xml"
