@@ -37,11 +37,12 @@ class Mount:
         if self.unmounted:
             return
         self.unmounted = True
-        if os.path.ismount(self.path):
-            result = subprocess.run([OMEROFS, "umount", str(self.path)], env=self.env, capture_output=True,
-                                    timeout=60)
-            if result.returncode != 0 and os.path.ismount(self.path):
-                subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+        # A mount whose daemon died is stale: os.path.ismount cannot see it,
+        # so both unmounts are tried whatever it says.
+        result = subprocess.run([OMEROFS, "umount", str(self.path)], env=self.env, capture_output=True,
+                                timeout=60)
+        if result.returncode != 0:
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
         if self.pid is not None:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and _alive(self.pid):
