@@ -304,12 +304,20 @@ def _unescape_mount_path(path: str) -> str:
 def _wait_for_exit(pid: int) -> None:
     deadline = time.monotonic() + UMOUNT_EXIT_TIMEOUT
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _running(pid):
             return
         time.sleep(0.1)
     log.warning("the mount daemon (pid %d) is still running", pid)
+
+
+def _running(pid: int) -> bool:
+    """Tell whether a process runs; a zombie that nobody has reaped yet does not."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # The state follows the command name, which is in parentheses.
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def command_pin(args) -> int:
