@@ -13,7 +13,6 @@ import logging
 import os
 import pwd
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omerofs.testserver.control import Control
+from omerofs.testserver.process import free_port
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,6 @@ SERVER_START_ATTEMPTS = 3
 
 # `omerofs mount` itself waits up to 60 s for its daemon.
 MOUNT_TIMEOUT = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def drop_caches() -> None:
