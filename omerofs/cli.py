@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_options(mount)
     mount.add_argument("--foreground", action="store_true", help="stay in the foreground and log to standard error")
     mount.add_argument("--offline", action="store_true",
-                       help="serve only what the cache holds, without contacting the server")
+                       help="serve only the cached data, without contacting the server")
     mount.add_argument("--block-size", type=parse_size, default=DEFAULT_BLOCK_SIZE,
                        help="bytes per cached block, a power of two from 4K to 16M (default: 1M)")
 
@@ -311,7 +311,7 @@ def _wait_for_exit(pid: int) -> None:
 
 
 def _running(pid: int) -> bool:
-    """Tell whether a process runs; a zombie that nobody has reaped yet does not."""
+    """Return True if the process runs. A zombie that is not reaped yet counts as exited."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
             # The state follows the command name, which is in parentheses.

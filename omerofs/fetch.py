@@ -179,7 +179,7 @@ class Fetcher:
 
         start = offset - first * self.block_size
         joined = blocks[first] if first == last else b"".join(blocks[i] for i in range(first, last + 1))
-        # A view, not a copy: the kernel asks for each block in several pieces,
+        # A view, not a copy: the kernel requests each block in several pieces,
         # and pyfuse3 replies from any buffer.
         return memoryview(joined)[start:start + end - offset]
 
@@ -259,7 +259,7 @@ class Fetcher:
         if pinned and self.cache.pin(key):
             return self.cache.get(key)
         expected = self._block_length(file, index)
-        # Read-ahead asks for cached blocks, and another process (a pin on the
+        # Read-ahead requests cached blocks, and another process (a pin on the
         # same cache) may have stored one meanwhile. The look-up comes first
         # because a miss in get() costs a write transaction in diskcache.
         if self.cache.contains(key):

@@ -142,7 +142,7 @@ class Operations(pyfuse3.Operations):
             attributes.st_nlink = 1
         else:
             # A file the server forbids downloading shows no read permission,
-            # so `ls -l` tells before a read fails with EACCES.
+            # so `ls -l` shows it before a read fails with EACCES.
             restricted = isinstance(node, tree.File) and node.file.restricted
             attributes.st_mode = stat.S_IFREG | (0o000 if restricted else 0o444)
             attributes.st_nlink = 1

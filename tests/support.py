@@ -38,7 +38,7 @@ class Mount:
             return
         self.unmounted = True
         # A mount whose daemon died is stale: os.path.ismount cannot see it,
-        # so both unmounts are tried whatever it says.
+        # so both unmounts are tried whatever it returns.
         result = subprocess.run([OMEROFS, "umount", str(self.path)], env=self.env, capture_output=True,
                                 timeout=60)
         if result.returncode != 0:

@@ -129,9 +129,9 @@ class ServerAddress:
 class Credentials:
     """How to log in. Exactly one of ``password`` and ``session_key`` is used.
 
-    ``session_key_owned`` is True when omerofs created the session and so
-    closes it at the end; a key given by the user or stored by ``omero
-    login`` belongs to someone else and is only detached.
+    ``session_key_owned`` is True when omerofs created the session, so
+    omerofs closes it at the end. A key given by the user or stored by
+    ``omero login`` belongs to someone else and is only detached.
     """
 
     user: str | None = None

@@ -30,7 +30,7 @@ def links_below(directory: Path) -> list[Path]:
 
 
 def repository_path(mount_path: Path, real: str) -> str:
-    """The ``<path><name>`` of a resolved file, as the server's OriginalFile row holds it."""
+    """The ``<path><name>`` of a resolved file, as the server's OriginalFile row stores it."""
     relative = Path(real).relative_to(mount_path / "Repository")
     return "/" .join(relative.parts[1:])
 
@@ -177,7 +177,7 @@ def test_concurrent_readers_download_each_block_once(omero_server, mounter, plat
 
     def reader():
         # O_DIRECT is not needed: each reader opens its own handle, and the
-        # kernel's page cache is cold for a file nobody read yet.
+        # kernel's page cache is cold for a file that no process has read yet.
         with open(target, "rb", buffering=0) as handle:
             results.append(handle.read())
 

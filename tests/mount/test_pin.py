@@ -108,7 +108,7 @@ def test_offline_read_of_unpinned_file_fails_at_once(own_server, mounter, tmp_pa
     cache_dir = tmp_path / "cache"
     datasets = dataset_ids(own_server)
     assert pin(own_server, f"Dataset:{datasets[0]}", cache_dir=cache_dir, runtime=runtime_dir).returncode == 0
-    # An online mount lists everything, so the offline mount knows the other images too.
+    # An online mount lists everything, so the offline mount has the other images' records too.
     online = mounter(own_server, cache_dir=cache_dir)
     other = projection(own_server, "alice",
                        f"select l.child.id from DatasetImageLink l where l.parent.id = {datasets[1]}")
