@@ -43,8 +43,9 @@ LIST_PAGE = 1000
 
 # When one fileset is needed and the image belongs to the current listing,
 # the filesets of up to this many neighbouring images load in the same
-# batch, so `find` over a dataset costs a few queries instead of one each.
-FILESET_PREFETCH = 200
+# batch, so `find` over a 1,000-image dataset costs one batch of queries
+# and one used-files command instead of one each.
+FILESET_PREFETCH = 1000
 
 
 class Catalog:
@@ -95,6 +96,7 @@ class Catalog:
         if self.connection is None:
             raise OfflineError(f"{what}: the mount is offline")
         self.calls += 1
+        log.debug("%s", what)
         return await trio.to_thread.run_sync(function, *args, limiter=self._limiter)
 
     async def _cached(self, key: str, load: Callable[[], Awaitable[T]], ttl: float | None,
@@ -255,7 +257,10 @@ class Catalog:
             return []
         image_ids = listing[1]
         position = image_ids.index(image_id)
+        # The images after this one come first, then those before it, because
+        # bash expands a glob such as Image/*/Binary/* from the last directory.
         window = image_ids[position:position + FILESET_PREFETCH]
+        window += image_ids[max(0, position - (FILESET_PREFETCH - len(window))):position]
         images = await self.images(window)
         return [i.fileset_id for i in images.values()
                 if i.fileset_id is not None and i.fileset_id not in self._filesets]

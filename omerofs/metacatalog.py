@@ -13,7 +13,7 @@ Instead every listing of IDs is remembered as a neighbourhood
 (``_note_listing``), and a record that is missing loads together with the
 next ``WINDOW`` missing records of its neighbourhood, in one batch of
 queries. Listing the annotations of the images of a 1,000-image dataset
-then costs two batches, not a thousand.
+then costs one batch, not a thousand.
 
 Server calls go through ``Catalog._remote``, so they share the metadata
 ``CapacityLimiter`` and the catalog's call counter. Rendering OME-XML is
@@ -38,12 +38,11 @@ from .errors import OfflineError, OmerofsError, ServerUnavailable
 log = logging.getLogger(__name__)
 
 # A missing record loads with up to this many missing neighbours. Equal to
-# remote's ID batch (500), so one window is one batch of queries.
-WINDOW = 500
-
-# Full image metadata (channels, planes, instrument) is heavier per image,
-# so its windows are smaller: a time-lapse image may have thousands of planes.
-IMAGE_WINDOW = 100
+# remote's ID batch (1,000), so one window is one batch of queries.
+# NOTE: a window's ROI query returns every shape of up to 1,000 images in one
+# reply, so images with hundreds of thousands of shapes between them could
+# exceed Ice's 64 MiB message size limit. No test covers that case.
+WINDOW = 1000
 
 # Rendered documents kept in memory. An Export of a typical image is a
 # few kilobytes to a few hundred; 2,000 of them stay well below 100 MiB.
@@ -109,6 +108,15 @@ class MetaCatalog:
         if value is not None:
             self.catalog.cache.keep_record(self._record_key(kind, object_id), value)
 
+    def _store_all(self, kind: str, found: dict[int, object]) -> None:
+        for object_id, value in found.items():
+            self._store(kind, object_id, value)
+
+    def _store_if_missing(self, kind: str, object_id: int, value) -> None:
+        """Store a record that another load brought along, unless it is fresh or being loaded."""
+        if self._fresh_value(kind, object_id) is _MISSING and (kind, object_id) not in self._inflight:
+            self._store(kind, object_id, value)
+
     def known(self, kind: str) -> list:
         """Return the records of ``kind`` loaded so far, fresh or not."""
         return [entry[1] for (entry_kind, _), entry in self._fresh.items()
@@ -158,6 +166,16 @@ class MetaCatalog:
             return value
         found = await self._get_many(kind, self._window(kind, object_id, window), load, required=(object_id,))
         return found.get(object_id)
+
+    async def _get_nearby(self, kind: str, object_ids: Sequence[int],
+                          load: Callable[[list[int]], Awaitable[dict[int, object]]]) -> dict[int, object]:
+        """Return records for ``object_ids``, loading the first missing one's window along with them."""
+        wanted = list(dict.fromkeys(object_ids))
+        first_missing = next((i for i in wanted if self._fresh_value(kind, i) is _MISSING), None)
+        if first_missing is not None:
+            wanted.extend(i for i in self._window(kind, first_missing, WINDOW) if i not in wanted)
+        found = await self._get_many(kind, wanted, load, required=object_ids)
+        return {i: found.get(i) for i in object_ids}
 
     async def _get_many(self, kind: str, object_ids: Sequence[int],
                         load: Callable[[list[int]], Awaitable[dict[int, object]]],
@@ -243,7 +261,7 @@ class MetaCatalog:
         return await self._get("annotation", annotation_id, self._load_annotations)
 
     async def annotations(self, annotation_ids: Sequence[int]) -> dict[int, mr.Annotation]:
-        found = await self._get_many("annotation", annotation_ids, self._load_annotations)
+        found = await self._get_nearby("annotation", annotation_ids, self._load_annotations)
         return {i: a for i, a in found.items() if a is not None}
 
     async def _load_annotations(self, annotation_ids: list[int]) -> dict[int, mr.Annotation]:
@@ -262,8 +280,10 @@ class MetaCatalog:
         return found or ()
 
     async def _load_image_annotations(self, image_ids: list[int]) -> dict[int, tuple[int, ...]]:
-        links, records = await self._remote(f"Reading the annotations of {len(image_ids)} images",
-                                            "linked_annotations", "Image", image_ids)
+        links, records, owners = await self._remote(f"Reading the annotations of {len(image_ids)} images",
+                                                    "linked_annotations", "Image", image_ids)
+        self._store_all("experimenter", owners)
+        self._note_listing("experimenter", sorted({a.owner_id for a in records.values() if a.owner_id is not None}))
         for annotation in records.values():
             self._store("annotation", annotation.id, annotation)
             self._note_listing("annotation", annotation.annotation_ids)
@@ -286,7 +306,7 @@ class MetaCatalog:
 
     async def image_roi_ids(self, image_id: int) -> tuple[int, ...]:
         """Return the IDs of an image's ROIs, loading the ROIs of its neighbours too."""
-        found = await self._get("image-rois", image_id, self._load_image_rois, IMAGE_WINDOW)
+        found = await self._get("image-rois", image_id, self._load_image_rois)
         return found or ()
 
     async def _load_image_rois(self, image_ids: list[int]) -> dict[int, tuple[int, ...]]:
@@ -306,7 +326,7 @@ class MetaCatalog:
         return await self._get("roi", roi_id, self._load_rois)
 
     async def rois(self, roi_ids: Sequence[int]) -> dict[int, mr.Roi]:
-        found = await self._get_many("roi", roi_ids, self._load_rois)
+        found = await self._get_nearby("roi", roi_ids, self._load_rois)
         return {i: r for i, r in found.items() if r is not None}
 
     async def _load_rois(self, roi_ids: list[int]) -> dict[int, mr.Roi]:
@@ -325,10 +345,26 @@ class MetaCatalog:
 
     async def image_metadata(self, image_id: int) -> mr.ImageMetadata | None:
         """Return an image's full metadata, or None if it does not exist or is not readable."""
-        return await self._get("image-metadata", image_id, self._load_image_metadata, IMAGE_WINDOW)
+        return await self._get("image-metadata", image_id, self._load_image_metadata)
 
     async def _load_image_metadata(self, image_ids: list[int]) -> dict[int, mr.ImageMetadata]:
-        return await self._remote(f"Reading the metadata of {len(image_ids)} images", "image_metadata", image_ids)
+        found, owners, groups = await self._remote(f"Reading the metadata of {len(image_ids)} images",
+                                                   "image_metadata", image_ids)
+        self._store_all("experimenter", owners)
+        self._store_all("group", groups)
+        for kind, ids in (("experimenter", (m.owner_id for m in found.values())),
+                          ("group", (m.group_id for m in found.values())),
+                          ("dataset", (i for m in found.values() for i in m.dataset_ids)),
+                          ("plate", (i for m in found.values() for i in m.plate_ids))):
+            self._note_listing(kind, sorted(set(ids) - {None}))
+        # An image without ROIs in this load needs no ROI query of its own.
+        for metadata in found.values():
+            if not metadata.roi_ids:
+                self._store_if_missing("image-rois", metadata.id, ())
+        # The links to image annotations come with the annotations themselves.
+        annotation_ids = await self._get_many("image-annotations", list(found), self._load_image_annotations)
+        return {image_id: dataclasses.replace(metadata, annotation_ids=annotation_ids.get(image_id) or ())
+                for image_id, metadata in found.items()}
 
     # People
 
@@ -336,14 +372,14 @@ class MetaCatalog:
         async def load(ids):
             return await self._remote(f"Reading {len(ids)} experimenters", "experimenters", ids)
 
-        found = await self._get_many("experimenter", experimenter_ids, load)
+        found = await self._get_nearby("experimenter", experimenter_ids, load)
         return {i: e for i, e in found.items() if e is not None}
 
     async def groups(self, group_ids: Sequence[int]) -> dict[int, mr.ExperimenterGroup]:
         async def load(ids):
             return await self._remote(f"Reading {len(ids)} groups", "groups", ids)
 
-        found = await self._get_many("group", group_ids, load)
+        found = await self._get_nearby("group", group_ids, load)
         return {i: g for i, g in found.items() if g is not None}
 
     # Containers
@@ -353,7 +389,7 @@ class MetaCatalog:
         return await self._get(kind.lower(), object_id, self._container_loader(kind))
 
     async def containers(self, kind: str, object_ids: Sequence[int]) -> dict[int, object]:
-        found = await self._get_many(kind.lower(), object_ids, self._container_loader(kind))
+        found = await self._get_nearby(kind.lower(), object_ids, self._container_loader(kind))
         return {i: c for i, c in found.items() if c is not None}
 
     def _container_loader(self, kind: str) -> Callable[[list[int]], Awaitable[dict[int, object]]]:

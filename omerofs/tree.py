@@ -344,6 +344,7 @@ class FilesetList(Directory):
     async def children(self) -> dict[str, Node]:
         images = await self.catalog.images(await self.catalog.listed_image_ids())
         fileset_ids = sorted({i.fileset_id for i in images.values() if i.fileset_id is not None})
+        await self.catalog.load_filesets(fileset_ids)
         children: dict[str, Node] = {}
         for fileset_id in fileset_ids:
             fileset = await self.catalog.fileset(fileset_id)

@@ -25,6 +25,7 @@ from typing import TypeVar
 import Glacier2
 import Ice
 import omero
+import omero.callbacks
 import omero.clients
 import omero.cmd
 import omero.sys
@@ -51,9 +52,10 @@ T = TypeVar("T")
 DEFAULT_PORT = 4064
 
 # Queries that take ID lists send at most this many IDs at once: large
-# enough that a listing of a thousand images costs two queries, small enough
-# that the HQL stays far below Ice's message size limit.
-ID_BATCH = 500
+# enough that a listing of a thousand images costs one query, small enough
+# that the request stays far below Ice's message size limit and the SQL
+# statement that OMERO makes of it has a modest number of bind parameters.
+ID_BATCH = 1000
 
 # Ice's default message size limit is 1 MiB and OMERO's client raises it to
 # 64 MiB (Ice.MessageSizeMax=65536 KiB). A single RawFileStore read stays a
@@ -285,6 +287,7 @@ class Connection:
         self._local = threading.local()
         self._stores: list = []
         self._services: dict[int, object] = {}
+        self._category: tuple[object, str] | None = None
         self._closed = False
         self._unreachable_until = 0.0
 
@@ -605,9 +608,17 @@ class Connection:
         def run(session):
             client = self._client
             handle = session.submit(request, self._context)
-            callback = client.waitOnCmd(handle, loops=60, ms=500, failonerror=False,
-                                        failontimeout=True, closehandle=True)
             try:
+                # The router's callback category lasts as long as the client, so
+                # it is asked for once rather than once per command.
+                if self._category is None or self._category[0] is not client:
+                    self._category = (client, client.getCategory())
+                callback = omero.callbacks.CmdCallbackI(client, handle, category=self._category[1])
+            except Exception:
+                handle.close()
+                raise
+            try:
+                callback.loop(60, 500)
                 return callback.getResponse()
             finally:
                 callback.close(True)

@@ -19,9 +19,14 @@ import omero.sys
 from omero.rtypes import unwrap
 
 from .. import metarecords as mr
-from .connection import Connection, _batches, _ids_param, original_file_record
+from .connection import ID_BATCH, Connection, _batches, _ids_param, original_file_record
 
 log = logging.getLogger(__name__)
+
+# Planes read by one query at most, as far as the sizes of the Pixels tell.
+# A PlaneInfo takes a few hundred bytes in a reply (an estimate), so this
+# keeps a reply well below Ice's 64 MiB message size limit.
+PLANES_PER_QUERY = 50_000
 
 # Top-level kinds that can be listed, with their HQL class names.
 LISTABLE_KINDS = ("Project", "Dataset", "Screen", "Plate")
@@ -211,26 +216,30 @@ def _annotation_record(obj, annotation_ids: tuple[int, ...]) -> mr.Annotation | 
         file=file, annotation_ids=annotation_ids, owner_id=_details_id(obj, "owner"))
 
 
-def _annotation_records(connection: Connection, objects: Iterable) -> dict[int, mr.Annotation]:
-    """Turn annotation objects into records, with the IDs of the annotations linked to them."""
-    objects = _unique(objects)
-    children = _pairs_by_first(_projection(
-        connection, f"Reading the links of {len(objects)} annotations",
-        "select l.parent.id, l.child.id from AnnotationAnnotationLink l where l.parent.id in (:ids) order by l.id",
-        [_id(o) for o in objects]))
+# Fetches an annotation's links to further annotations along with it, so
+# the IDs of those annotations cost no query of their own.
+_ANNOTATION_FETCH = ("left outer join fetch a.annotationLinks al left outer join fetch a.details.owner "
+                     "left outer join fetch a.file f left outer join fetch f.hasher")
+
+
+def _annotation_records(objects: Iterable) -> dict[int, mr.Annotation]:
+    """Turn annotation objects fetched with ``_ANNOTATION_FETCH`` into records."""
     found = {}
     for obj in objects:
-        record = _annotation_record(obj, children.get(_id(obj), ()))
+        links = sorted((link for link in obj.copyAnnotationLinks() if link is not None), key=_id) \
+            if obj.isAnnotationLinksLoaded() else []
+        children = tuple(dict.fromkeys(_ref(link, "child") for link in links))
+        record = _annotation_record(obj, children)
         if record is not None:
             found[record.id] = record
     return found
 
 
 def annotations(connection: Connection, annotation_ids: Sequence[int]) -> dict[int, mr.Annotation]:
-    """Return the readable annotations among ``annotation_ids``; two queries per batch."""
+    """Return the readable annotations among ``annotation_ids``; one query per batch."""
     rows = _query(connection, f"Reading {len(annotation_ids)} annotations",
-                  "select a from Annotation a left outer join fetch a.file f left outer join fetch f.hasher where a.id in (:ids)", annotation_ids)
-    return _annotation_records(connection, rows)
+                  f"select a from Annotation a {_ANNOTATION_FETCH} where a.id in (:ids)", annotation_ids)
+    return _annotation_records(_unique(rows))
 
 
 # Classes whose annotation links ``linked_annotations`` reads, with their link class.
@@ -249,20 +258,23 @@ ANNOTATED_KINDS = {
 
 
 def linked_annotations(connection: Connection, kind: str, parent_ids: Sequence[int]
-                       ) -> tuple[dict[int, tuple[int, ...]], dict[int, mr.Annotation]]:
-    """Return the annotation IDs linked to each parent, and the records of those annotations.
+                       ) -> tuple[dict[int, tuple[int, ...]], dict[int, mr.Annotation], dict[int, mr.Experimenter]]:
+    """Return the annotation IDs linked to each parent, the records of those annotations and their owners.
 
-    Two queries per batch: the links with their annotations fetched, and
-    the links of those annotations to further annotations.
+    One query per batch of parents: the links, with their annotations, the
+    annotations' owners and the annotations' links to further annotations
+    fetched.
     """
     link_class = ANNOTATED_KINDS[kind]
     links = _query(connection, f"Reading the annotations of {len(parent_ids)} {kind} objects",
-                   f"select l from {link_class} l join fetch l.child a left outer join fetch a.file f "
-                   f"left outer join fetch f.hasher where l.parent.id in (:ids) order by l.id", parent_ids)
+                   f"select l from {link_class} l join fetch l.child a {_ANNOTATION_FETCH} "
+                   f"where l.parent.id in (:ids) order by l.id", parent_ids)
     by_parent = _pairs_by_first((_ref(link, "parent"), _ref(link, "child")) for link in links)
-    records = _annotation_records(connection, (link._child for link in links))
+    objects = _unique(link._child for link in links)
+    records = _annotation_records(objects)
     by_parent = {parent: tuple(i for i in children if i in records) for parent, children in by_parent.items()}
-    return by_parent, records
+    owners, _ = _people(objects)
+    return by_parent, records, owners
 
 
 # Images
@@ -270,6 +282,8 @@ def linked_annotations(connection: Connection, kind: str, parent_ids: Sequence[i
 
 _IMAGE_QUERY = (
     "select i from Image i "
+    "left outer join fetch i.details.owner "
+    "left outer join fetch i.details.group "
     "left outer join fetch i.pixels p "
     "left outer join fetch p.pixelsType "
     "left outer join fetch p.dimensionOrder "
@@ -290,25 +304,24 @@ _IMAGE_QUERY = (
 )
 
 
-def image_metadata(connection: Connection, image_ids: Sequence[int]) -> dict[int, mr.ImageMetadata]:
-    """Return the full metadata of the readable images among ``image_ids``.
+def image_metadata(connection: Connection, image_ids: Sequence[int]
+                   ) -> tuple[dict[int, mr.ImageMetadata], dict[int, mr.Experimenter], dict[int, mr.ExperimenterGroup]]:
+    """Return the full metadata of the readable images among ``image_ids``, with their owners and groups.
 
-    Costs up to nine queries per batch of images, plus those of
-    ``instruments``. They read the images with pixels, channels and
-    channel settings, then planes, light-path filters, channel and image
-    annotation links, ROI IDs, dataset IDs and plate IDs.
+    Costs up to seven queries per batch of images, plus those of
+    ``instruments``, and one more per ``PLANES_PER_QUERY`` planes. They
+    read the images with pixels, channels, channel settings, owners and
+    groups, then planes, light-path filters, channel annotation links, ROI
+    IDs, and dataset and plate IDs. The records leave ``annotation_ids``
+    empty: the links to image annotations come with the annotations
+    (``linked_annotations``).
     """
     images = _unique(_query(connection, f"Reading the metadata of {len(image_ids)} images", _IMAGE_QUERY, image_ids))
     if not images:
-        return {}
+        return {}, {}, {}
     found_ids = [_id(i) for i in images]
     pixels_by_image = {_id(i): _first_pixels(i) for i in images}
-    pixels_ids = [_id(p) for p in pixels_by_image.values() if p is not None]
-
-    planes: dict[int, list[mr.Plane]] = {}
-    for plane in _query(connection, f"Reading the planes of {len(pixels_ids)} images",
-                        "select pi from PlaneInfo pi where pi.pixels.id in (:ids) order by pi.id", pixels_ids):
-        planes.setdefault(_ref(plane, "pixels"), []).append(_plane_record(plane))
+    planes = _planes(connection, [p for p in pixels_by_image.values() if p is not None])
 
     channels_by_pixels = {pixels_id: _channels(pixels) for pixels_id, pixels in
                           ((_id(p), p) for p in pixels_by_image.values() if p is not None)}
@@ -318,18 +331,10 @@ def image_metadata(connection: Connection, image_ids: Sequence[int]) -> dict[int
     channel_ids = [_id(c) for channels in channels_by_pixels.values() for c, _ in channels]
     channel_annotations = _link_ids(connection, "ChannelAnnotationLink", channel_ids)
 
-    image_annotations = _link_ids(connection, "ImageAnnotationLink", found_ids)
     rois = _pairs_by_first(_projection(connection, f"Listing the ROIs of {len(found_ids)} images",
                                        "select r.image.id, r.id from Roi r where r.image.id in (:ids) order by r.id",
                                        found_ids))
-    datasets = _pairs_by_first(_projection(
-        connection, f"Listing the datasets of {len(found_ids)} images",
-        "select l.child.id, l.parent.id from DatasetImageLink l where l.child.id in (:ids) order by l.parent.id",
-        found_ids))
-    plates = _pairs_by_first(_projection(
-        connection, f"Listing the plates of {len(found_ids)} images",
-        "select ws.image.id, w.plate.id from WellSample ws join ws.well w where ws.image.id in (:ids) "
-        "order by w.plate.id", found_ids))
+    datasets, plates = _containers_of_images(connection, found_ids)
     instrument_ids = {_ref(i, "instrument") for i in images} - {None}
     instrument_by_id = instruments(connection, sorted(instrument_ids)) if instrument_ids else {}
 
@@ -350,9 +355,60 @@ def image_metadata(connection: Connection, image_ids: Sequence[int]) -> dict[int
             objective_settings=_objective_settings_record(_child(image, "objectiveSettings")),
             imaging_environment=_environment_record(_child(image, "imagingEnvironment")),
             stage_label=_stage_label_record(_child(image, "stageLabel")),
-            annotation_ids=image_annotations.get(image_id, ()), roi_ids=rois.get(image_id, ()),
-            dataset_ids=datasets.get(image_id, ()), plate_ids=plates.get(image_id, ()))
-    return found
+            roi_ids=rois.get(image_id, ()), dataset_ids=datasets.get(image_id, ()),
+            plate_ids=plates.get(image_id, ()))
+    experimenters, groups = _people(images)
+    return found, experimenters, groups
+
+
+def _planes(connection: Connection, pixels: Sequence) -> dict[int, list[mr.Plane]]:
+    """Return the planes of each Pixels, with as many Pixels per query as ``PLANES_PER_QUERY`` allows.
+
+    The size of a Pixels (Z times C times T) is the usual number of its
+    planes, so it bounds the reply of each query.
+    """
+    planes: dict[int, list[mr.Plane]] = {}
+    batch: list[int] = []
+    expected = 0
+    for index, item in enumerate(pixels):
+        batch.append(_id(item))
+        expected += (_int(item, "sizeZ") or 1) * (_int(item, "sizeC") or 1) * (_int(item, "sizeT") or 1)
+        last = index == len(pixels) - 1
+        if not (last or expected >= PLANES_PER_QUERY or len(batch) >= ID_BATCH):
+            continue
+        for plane in connection._query(f"Reading the planes of {len(batch)} images",
+                                       "select pi from PlaneInfo pi where pi.pixels.id in (:ids) order by pi.id",
+                                       _ids_param("ids", batch)):
+            planes.setdefault(_ref(plane, "pixels"), []).append(_plane_record(plane))
+        batch, expected = [], 0
+    return planes
+
+
+def _containers_of_images(connection: Connection, image_ids: Sequence[int]
+                          ) -> tuple[dict[int, tuple[int, ...]], dict[int, tuple[int, ...]]]:
+    """Return the IDs of the datasets and of the plates that hold each image, in one query per batch."""
+    rows = _projection(connection, f"Listing the datasets and plates of {len(image_ids)} images",
+                       "select i.id, dl.parent.id, w.plate.id from Image i left outer join i.datasetLinks dl "
+                       "left outer join i.wellSamples ws left outer join ws.well w where i.id in (:ids) "
+                       "order by dl.parent.id, w.plate.id", image_ids)
+    datasets = _pairs_by_first((image_id, dataset_id) for image_id, dataset_id, _ in rows if dataset_id is not None)
+    plates = _pairs_by_first((image_id, plate_id) for image_id, _, plate_id in rows if plate_id is not None)
+    return datasets, plates
+
+
+def _people(objects: Iterable) -> tuple[dict[int, mr.Experimenter], dict[int, mr.ExperimenterGroup]]:
+    """Return the owners and groups that a query fetched with ``objects`` (those left unloaded are skipped)."""
+    experimenters: dict[int, mr.Experimenter] = {}
+    groups: dict[int, mr.ExperimenterGroup] = {}
+    for obj in objects:
+        details = getattr(obj, "_details", None)
+        owner = getattr(details, "_owner", None)
+        group = getattr(details, "_group", None)
+        if owner is not None and owner.isLoaded():
+            experimenters[_id(owner)] = _experimenter_record(owner)
+        if group is not None and group.isLoaded():
+            groups[_id(group)] = _group_record(group)
+    return experimenters, groups
 
 
 def _link_ids(connection: Connection, link_class: str, parent_ids: Sequence[int]) -> dict[int, tuple[int, ...]]:
@@ -631,15 +687,22 @@ def _shape_record(obj, shape_annotations: dict[int, tuple[int, ...]]) -> mr.Shap
 def experimenters(connection: Connection, experimenter_ids: Sequence[int]) -> dict[int, mr.Experimenter]:
     rows = _query(connection, f"Reading {len(experimenter_ids)} experimenters",
                   "select e from Experimenter e where e.id in (:ids)", experimenter_ids)
-    return {_id(e): mr.Experimenter(_id(e), _text(e, "omeName") or "", _text(e, "firstName"),
-                                    _text(e, "middleName"), _text(e, "lastName"), _text(e, "email"),
-                                    _text(e, "institution")) for e in rows}
+    return {_id(e): _experimenter_record(e) for e in rows}
 
 
 def groups(connection: Connection, group_ids: Sequence[int]) -> dict[int, mr.ExperimenterGroup]:
     rows = _query(connection, f"Reading {len(group_ids)} groups",
                   "select g from ExperimenterGroup g where g.id in (:ids)", group_ids)
-    return {_id(g): mr.ExperimenterGroup(_id(g), _text(g, "name") or "", _text(g, "description")) for g in rows}
+    return {_id(g): _group_record(g) for g in rows}
+
+
+def _experimenter_record(obj) -> mr.Experimenter:
+    return mr.Experimenter(_id(obj), _text(obj, "omeName") or "", _text(obj, "firstName"), _text(obj, "middleName"),
+                           _text(obj, "lastName"), _text(obj, "email"), _text(obj, "institution"))
+
+
+def _group_record(obj) -> mr.ExperimenterGroup:
+    return mr.ExperimenterGroup(_id(obj), _text(obj, "name") or "", _text(obj, "description"))
 
 
 # Containers

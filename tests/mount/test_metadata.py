@@ -24,10 +24,9 @@ ATTACHMENTS = Path(__file__).resolve().parents[2] / "omerofs" / "testserver" / "
 # per image would stand out against a handful of batched ones.
 GENERATED_IMAGES = 1000
 # Queries that listing the annotations of the generated dataset may cost.
-# The mount needs 8 (measured): the image records in two batches of 500,
-# two windows of 500 images' annotation links with two queries each, and
-# two more look-ups. One query per image would be over 1,000.
-MAX_QUERIES = 12
+# The mount needs 2 (measured): the image records and one window of 1,000
+# images' annotations. One query per image would be over 1,000.
+MAX_QUERIES = 4
 
 
 def image_ids(mount_path: Path) -> list[int]:

@@ -49,7 +49,7 @@ class FakeQueries:
         assert kind == "Image"
         links = {i: self.links[i] for i in parent_ids if i in self.links}
         annotation_ids = {a for ids in links.values() for a in ids}
-        return links, {a: self.tags[a] for a in annotation_ids}
+        return links, {a: self.tags[a] for a in annotation_ids}, {2: mr.Experimenter(2, "user2")}
 
     def annotations(self, connection, annotation_ids):
         self.calls["annotations"] += 1
@@ -66,9 +66,11 @@ class FakeQueries:
 
     def image_metadata(self, connection, image_ids):
         self.calls["image_metadata"] += 1
-        return {i: mr.ImageMetadata(i, f"image {i}", owner_id=2, group_id=3,
-                                    pixels=mr.Pixels(i, "XYZCT", "uint8", 4, 4, 1, 1, 1), dataset_ids=(DATASET_ID,))
-                for i in image_ids if 1 <= i <= IMAGE_COUNT}
+        found = {i: mr.ImageMetadata(i, f"image {i}", owner_id=2, group_id=3,
+                                     pixels=mr.Pixels(i, "XYZCT", "uint8", 4, 4, 1, 1, 1), dataset_ids=(DATASET_ID,),
+                                     roi_ids=(200,) if i == 1 else ())
+                 for i in image_ids if 1 <= i <= IMAGE_COUNT}
+        return found, {2: mr.Experimenter(2, "user2")}, {3: mr.ExperimenterGroup(3, "group3")}
 
     def experimenters(self, connection, ids):
         self.calls["experimenters"] += 1
@@ -139,9 +141,28 @@ def test_dataset_annotation_listing_is_batched(tmp_path):
         assert tagged == [i for i in range(1, IMAGE_COUNT + 1) if i % 2]
 
     trio.run(main)
-    assert queries.calls["linked_annotations"] == 2
+    assert queries.calls["linked_annotations"] == 1
     assert queries.calls["annotations"] == 0
     assert root.catalog.connection.image_calls == 1
+
+
+def test_dataset_exports_cost_one_batch_per_kind(tmp_path):
+    root, queries = setup(tmp_path)
+
+    async def main():
+        images = await walk(root, f"Dataset/{DATASET_ID}/Image")
+        for name in await images.children():
+            export = await walk(root, f"Image/{name}/Export/image-{name}.ome.xml")
+            assert f'<Image ID="Image:{name}"'.encode() in export.content
+
+    trio.run(main)
+    assert queries.calls["image_metadata"] == 1
+    assert queries.calls["linked_annotations"] == 1
+    assert queries.calls["image_rois"] == 1
+    assert queries.calls["datasets"] == 1
+    # Owners and groups came with the images and annotations.
+    assert queries.calls["experimenters"] == 0
+    assert queries.calls["groups"] == 0
 
 
 def test_annotation_listing_in_reverse_is_batched(tmp_path):
@@ -157,7 +178,7 @@ def test_annotation_listing_in_reverse_is_batched(tmp_path):
             assert len(await annotations.children()) == 2
 
     trio.run(main)
-    assert queries.calls["linked_annotations"] == 2
+    assert queries.calls["linked_annotations"] == 1
 
 
 def test_links_resolve_to_object_directories(tmp_path):
