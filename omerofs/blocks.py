@@ -19,7 +19,6 @@ it, so a crash can leave an orphan file but never a half-written entry that
 a read would find.
 """
 
-import io
 import logging
 import shutil
 import sqlite3
@@ -70,16 +69,26 @@ class BlockKey:
         return f"{self.server}/{self.file_id}/{self.block_size}/{self.index}"
 
 
-def _pack(key: BlockKey, data: bytes) -> bytes:
-    return _HEADER.pack(_MAGIC, key.file_id, key.index, len(data), zlib.crc32(data)) + data
+class _Packed:
+    """A block with its header, as the file object that diskcache copies into its file.
+
+    diskcache writes each piece that ``read`` returns, so the header and the
+    data go out as they are, without joining them into a new copy.
+    """
+
+    def __init__(self, key: BlockKey, data: bytes | memoryview):
+        self._pieces = [_HEADER.pack(_MAGIC, key.file_id, key.index, len(data), zlib.crc32(data)), data]
+
+    def read(self, size: int = -1) -> bytes | memoryview:
+        return self._pieces.pop(0) if self._pieces else b""
 
 
-def _unpack(key: BlockKey, stored: bytes) -> bytes | None:
-    """Return the block's data, or None when its header does not match."""
+def _unpack(key: BlockKey, stored: bytes) -> memoryview | None:
+    """Return the block's data, a view of ``stored``, or None when its header does not match."""
     if len(stored) < _HEADER.size:
         return None
     magic, file_id, index, length, crc = _HEADER.unpack_from(stored)
-    data = stored[_HEADER.size:]
+    data = memoryview(stored)[_HEADER.size:]
     if magic != _MAGIC or file_id != key.file_id or index != key.index or length != len(data):
         return None
     if zlib.crc32(data) != crc:
@@ -182,9 +191,8 @@ class BlockCache:
         self._check_free_space()
         cache = self._pinned if pinned else self._blocks
         try:
-            # A file object with read=True makes diskcache copy it in large
-            # chunks; given bytes, it iterates them line by line.
-            cache.set(str(key), io.BytesIO(_pack(key, data)), read=True)
+            # Given bytes, diskcache would iterate them line by line.
+            cache.set(str(key), _Packed(key, data), read=True)
         except (OSError, sqlite3.Error) as error:
             raise CacheError(f"Cannot write to the cache in {self.directory}: {error}") from error
 

@@ -41,6 +41,17 @@ log = logging.getLogger(__name__)
 # How often (seconds) a running mount writes its statistics for `omerofs status`.
 STATS_PERIOD = 2.0
 
+# The kernel's read-ahead for this mount. Its default, 128 KiB, cuts a
+# sequential reader's 1 MiB block into eight FUSE requests; at 4 MiB the
+# kernel asks for 1 MiB pieces (the FUSE request limit) several at a time,
+# and a warm read of 1 GiB costs the daemon about a third less CPU. It only
+# grows for sequential readers, so random readers are not affected.
+READ_AHEAD_KIB = 4096
+
+# The mount reports itself ready once it answers a first request, or after
+# this many seconds whatever happens.
+READY_CHECK_SECONDS = 10.0
+
 
 @dataclass
 class MountOptions:
@@ -191,8 +202,7 @@ def run(options: MountOptions, ready: Callable[[str | None], None]) -> int:
         })
         log.info("mounted %s at %s (%s)", options.server, mountpoint,
                  "offline" if connection is None else "online")
-        ready(None)
-        trio.run(_serve, operations, fetcher, catalog, registration)
+        trio.run(_serve, operations, fetcher, catalog, registration, mountpoint, ready)
         return 0
     except OmerofsError as error:
         log.error("%s", error)
@@ -249,13 +259,46 @@ def _lock_mountpoint(registration: Path, mountpoint: str):
     return lock
 
 
-async def _serve(operations: Operations, fetcher: Fetcher, catalog: Catalog, registration: Path) -> None:
+async def _serve(operations: Operations, fetcher: Fetcher, catalog: Catalog, registration: Path,
+                 mountpoint: str, ready: Callable[[str | None], None]) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(fetcher.run)
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        nursery.start_soon(_announce, mountpoint, ready)
         nursery.start_soon(_write_statistics, operations, fetcher, catalog, registration)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
+
+
+async def _announce(mountpoint: str, ready: Callable[[str | None], None]) -> None:
+    """Report the mount ready once it answers requests, after tuning the kernel's read-ahead.
+
+    The kernel sets the mount's read-ahead from the FUSE handshake, which
+    the main loop answers, so the setting can only change after it; the
+    stat() here is a request to this very daemon and returns after it.
+    """
+    try:
+        with trio.move_on_after(READY_CHECK_SECONDS):
+            device = (await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)).st_dev
+            _set_read_ahead(device, READ_AHEAD_KIB)
+    except OSError as error:
+        log.warning("the new mount at %s does not answer: %s", mountpoint, error)
+    finally:
+        ready(None)
+
+
+def _set_read_ahead(device: int, kib: int) -> None:
+    """Set the kernel's read-ahead for the filesystem on ``device``, if this process may.
+
+    Only root may write it, so for other users the kernel's default stays.
+    """
+    setting = f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb"
+    try:
+        with open(setting, "w") as control:
+            control.write(f"{kib}\n")
+        log.debug("read-ahead set to %d KiB in %s", kib, setting)
+    except OSError as error:
+        log.debug("read-ahead left as it is: %s", error)
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

@@ -31,8 +31,8 @@ def mounter(tmp_path, runtime_dir):
     counter = iter(range(1000))
 
     def mount(server, *args, user="alice", password="omero", cache_dir=None, check=True, extra_env=None,
-              server_args=None) -> Mount:
-        path = tmp_path / f"mnt{next(counter)}"
+              server_args=None, name=None) -> Mount:
+        path = tmp_path / (name or f"mnt{next(counter)}")
         cache = Path(cache_dir) if cache_dir else tmp_path / "cache"
         if server_args is None:
             server_args = ["-s", server.host] + (["-u", user] if user else [])

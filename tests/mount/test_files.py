@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from omerofs import mount
 from support import projection, showinf, source_files
 
 SERIES_KEYS = ("Series count", "Width", "Height", "SizeZ", "SizeC", "SizeT", "Pixel type")
@@ -217,3 +218,11 @@ def test_reads_past_4_gib_are_right(big_repository, mounter, omero_server_factor
                 assert handle.read(len(data)) == data, offset
     finally:
         server.stop()
+
+
+def test_mount_raises_the_kernels_read_ahead(omero_server, mounter):
+    mounted = mounter(omero_server, name="mount point \u00e9")
+    device = os.stat(mounted.path).st_dev
+    setting = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+    # Sequential readers then get 1 MiB requests instead of 128 KiB ones.
+    assert int(setting.read_text()) == mount.READ_AHEAD_KIB

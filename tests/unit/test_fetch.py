@@ -8,9 +8,9 @@ import time
 import pytest
 import trio
 
-from omerofs import records
+from omerofs import fetch, records
 from omerofs.blocks import BlockCache, BlockKey
-from omerofs.errors import OfflineError, ServerFailure, ServerUnavailable
+from omerofs.errors import IntegrityError, OfflineError, ServerFailure, ServerUnavailable
 from omerofs.fetch import Fetcher, Stream
 
 BLOCK = 4096
@@ -114,9 +114,49 @@ def test_sequential_reads_trigger_read_ahead(tmp_path):
         for offset in range(0, 4 * BLOCK, BLOCK):
             await fetcher.read(file, offset, BLOCK, stream)
         await trio.sleep(0.2)
-        return len(server.reads)
+        reads = len(server.reads)
+        # The next blocks came ahead of the reader.
+        assert await fetcher.read(file, 4 * BLOCK, 4 * BLOCK) == data[4 * BLOCK:8 * BLOCK]
+        return reads, len(server.reads), fetcher.blocks_fetched
 
-    assert run_with_fetcher(tmp_path, server, body) > 4
+    reads_before, reads_after, blocks = run_with_fetcher(tmp_path, server, body)
+    assert reads_after == reads_before
+    # Consecutive blocks ahead come in one server read, not one read each.
+    assert blocks >= 8 and reads_before < blocks
+
+
+class OutOfOrderServer(FakeServer):
+    """Answers reads of the file's start last, so later blocks arrive first."""
+
+    def __call__(self, file_id, offset, length):
+        time.sleep(0.1 if offset == 0 else 0.0)
+        return super().__call__(file_id, offset, length)
+
+
+@pytest.mark.parametrize("good_hash", [True, False])
+def test_pin_checks_blocks_arriving_out_of_order(tmp_path, monkeypatch, good_hash):
+    monkeypatch.setattr(fetch, "RUN_BYTES", 2 * BLOCK)
+    data = os.urandom(9 * BLOCK + 5)
+    server = OutOfOrderServer({1: data})
+    file = make_file(1, data, good_hash=good_hash)
+    cache = BlockCache(tmp_path)
+
+    async def body(fetcher):
+        if not good_hash:
+            with pytest.raises(IntegrityError):
+                await fetcher.pin(file, lambda count, local: None)
+            return
+        assert await fetcher.pin(file, lambda count, local: None) is False
+        assert fetcher.is_pinned(file)
+
+    run_with_fetcher(tmp_path, server, body)
+    # Five reads of two blocks, not ten of one.
+    assert len(server.reads) == 5
+    kept = [cache.get(BlockKey("srv", 1, BLOCK, index)) for index in range(10)]
+    if good_hash:
+        assert b"".join(kept) == data
+    else:
+        assert kept == [None] * 10
 
 
 def test_random_reads_do_not_read_ahead(tmp_path):
@@ -244,14 +284,14 @@ def test_offline_sequential_read_loads_cached_blocks_ahead(tmp_path):
 
 
 class FailingServer(FakeServer):
-    """Fails every read of one block with a server error."""
+    """Fails every read that covers one offset with a server error."""
 
     def __init__(self, contents, failing_offset):
         super().__init__(contents)
         self.failing_offset = failing_offset
 
     def __call__(self, file_id, offset, length):
-        if offset == self.failing_offset:
+        if offset <= self.failing_offset < offset + length:
             raise ServerUnavailable(f"Reading OriginalFile {file_id} at {offset}: cannot reach the server")
         return super().__call__(file_id, offset, length)
 
