@@ -195,3 +195,30 @@ def test_dataset_annotations_cost_few_queries(generated_server, mounter):
     queries = sum(count for operation, count in counters.items() if operation.startswith("IQuery."))
     assert annotated == GENERATED_IMAGES
     assert queries <= MAX_QUERIES, counters
+
+
+# Server calls that `find -maxdepth 3` over the generated dataset may cost:
+# its images, filesets, used files, annotations, metadata and ROIs, each in
+# one batch of 1,000 images. One call per image would be over 1,000.
+MAX_FIND_CALLS = 20
+
+
+@pytest.mark.parametrize("latency_ms", [0, 20])
+def test_find_over_dataset_costs_few_calls(generated_server, mounter, latency_ms):
+    # With latency, the used-files command has finished before its callback
+    # is registered, which takes a different path in the client.
+    control = generated_server.control
+    dataset_id = projection(generated_server, "alice", "select d.id from Dataset d order by d.id")[0]
+    mount = mounter(generated_server, f"Dataset:{dataset_id}")
+    control.set(latency_ms=latency_ms)
+    control.reset()
+    try:
+        result = subprocess.run(["find", "Image/", "-maxdepth", "3"], cwd=mount.path, capture_output=True,
+                                text=True, timeout=600)
+    finally:
+        control.set(latency_ms=0)
+    counters = control.counters()
+    assert result.returncode == 0, result.stderr
+    exports = [line for line in result.stdout.splitlines() if "/Export/" in line]
+    assert len(exports) == GENERATED_IMAGES
+    assert sum(counters.values()) <= MAX_FIND_CALLS, counters
