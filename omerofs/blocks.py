@@ -3,6 +3,7 @@
 Layout under the cache directory::
 
     blocks/    diskcache.Cache of unpinned blocks, evicted least recently used first
+               (reads record their use in batches, not one transaction each)
     pinned/    diskcache.Cache of pinned blocks, never evicted
     records/   diskcache.Cache of metadata records and per-file states
     logs/      mount daemon logs
@@ -53,6 +54,9 @@ DEFAULT_FREE_SPACE_FLOOR = 1024 ** 3
 # How often (seconds) the free-space floor is checked; statvfs on every
 # write would cost more than the writes it guards.
 _FREE_SPACE_CHECK_PERIOD = 2.0
+
+# Reads of unpinned blocks whose access times are written in one transaction.
+_USE_BATCH = 64
 
 # Logs warnings about bad blocks at most this often (seconds).
 _WARNING_PERIOD = 10.0
@@ -116,6 +120,10 @@ class BlockCache:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._blocks = diskcache.Cache(str(self.directory / "blocks"),
                                            eviction_policy="least-recently-used")
+            # The same store again, for reads that leave access times to _note_use.
+            # update=False changes this handle only, not the store's settings.
+            self._blocks_reader = diskcache.Cache(str(self.directory / "blocks"))
+            self._blocks_reader.reset("eviction_policy", "none", update=False)
             self._pinned = diskcache.Cache(str(self.directory / "pinned"), size_limit=2 ** 62,
                                            eviction_policy="none")
             self._records = diskcache.Cache(str(self.directory / "records"), size_limit=2 ** 62,
@@ -135,7 +143,8 @@ class BlockCache:
         self._free_ok = True
         self._last_warning = 0.0
         self._lock = threading.Lock()
-        self._read_lock = threading.Lock()
+        self._use_lock = threading.Lock()
+        self._used: list[str] = []
 
     @property
     def log_directory(self) -> Path:
@@ -144,7 +153,11 @@ class BlockCache:
         return path
 
     def close(self) -> None:
-        for cache in (self._blocks, self._pinned, self._records):
+        with self._lock:
+            names, self._used = self._used, []
+        if names:
+            self._write_uses(names)
+        for cache in (self._blocks, self._blocks_reader, self._pinned, self._records):
             cache.close()
 
     # Blocks
@@ -152,35 +165,59 @@ class BlockCache:
     def get(self, key: BlockKey) -> bytes | None:
         """Return a cached block's data, or None if it is missing or damaged."""
         name = str(key)
-        for cache in (self._pinned, self._blocks):
-            stored = self._read(cache, name)
+        for cache, reader in ((self._pinned, self._pinned), (self._blocks, self._blocks_reader)):
+            stored = self._read(reader, name)
             if stored is None:
                 continue
             data = _unpack(key, stored)
             if data is not None:
+                if cache is self._blocks:
+                    self._note_use(name)
                 return data
             self.warn(f"dropping damaged cache block {name}")
             cache.delete(name)
         return None
 
-    def _read(self, cache: diskcache.Cache, name: str) -> bytes | None:
-        # A get() from the least-recently-used store updates the entry's
-        # access time in a write transaction, and threads that meet there
-        # wait in SQLite's busy handler, which sleeps for milliseconds. The
-        # lock makes this process's threads queue instead, and read=True
-        # moves the file read out of the transaction and the lock.
+    def _read(self, reader: diskcache.Cache, name: str) -> bytes | None:
+        # read=True returns the value's file unread, so a block is read
+        # straight from its file into one bytes object.
         try:
-            with self._read_lock:
-                value = cache.get(name, read=True)
+            value = reader.get(name, read=True)
             if value is None or isinstance(value, bytes):
                 return value
             with value:
                 return value.read()
         except (OSError, sqlite3.Error) as error:
-            # A full disk fails even the access-time update; the block then
-            # counts as missing and is fetched again, not a failed read.
             self.warn(f"cannot read cache block {name}: {error}")
             return None
+
+    def _note_use(self, name: str) -> None:
+        """Record a read of an unpinned block, for least-recently-used eviction.
+
+        Each get() from the evictable store updates the entry's access time in
+        a write transaction of its own, which made a warm read wait on SQLite
+        once per block. Reads go through a second handle that does not update
+        it, and the access times of ``_USE_BATCH`` blocks are written in one
+        transaction instead.
+        """
+        with self._lock:
+            self._used.append(name)
+            if len(self._used) < _USE_BATCH:
+                return
+            names, self._used = self._used, []
+        self._write_uses(names)
+
+    def _write_uses(self, names: list[str]) -> None:
+        try:
+            with self._use_lock, self._blocks.transact():
+                for name in names:
+                    # get() in a transaction is the only public way to update an access time.
+                    value = self._blocks.get(name, read=True)
+                    if value is not None and not isinstance(value, bytes):
+                        value.close()
+        except (OSError, sqlite3.Error, diskcache.Timeout) as error:
+            # A full disk fails the update, so eviction uses the older access times.
+            self.warn(f"cannot record the use of {len(names)} cache blocks: {error}")
 
     def contains(self, key: BlockKey) -> bool:
         name = str(key)

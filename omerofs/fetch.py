@@ -90,6 +90,11 @@ MAX_HASH_BACKLOG = 64 * 1024 * 1024
 # thread pool; fewer leaves the link idle at 10 ms latency.
 DATA_CONCURRENCY = 8
 
+# A read that starts this many blocks or less before or after the end of
+# the previous reads of its file handle continues the stream. The mount's
+# kernel read-ahead (4 MiB) keeps up to 4 requests of 1 MiB in flight.
+SEQUENTIAL_SLACK_BLOCKS = 4
+
 # Recently used blocks stay in memory, so a sequential reader that the
 # kernel feeds in 128 KiB pieces reads and checks each block from disk once.
 MEMORY_CACHE_BYTES = 64 * 1024 * 1024
@@ -174,6 +179,9 @@ class Fetcher:
         end = min(offset + length, file.size)
         first = offset // self.block_size
         last = (end - 1) // self.block_size
+        if stream is not None:
+            # Before the wait: the read-ahead it starts overlaps with this read.
+            self._advance(file, stream, offset, end)
 
         blocks: dict[int, bytes] = {}
         missing = []
@@ -190,9 +198,6 @@ class Fetcher:
             await self._fetch_all(file, missing, blocks)
         else:
             self.hits += 1
-
-        if stream is not None:
-            self._advance(file, stream, offset, end, last)
 
         start = offset - first * self.block_size
         joined = blocks[first] if first == last else b"".join(blocks[i] for i in range(first, last + 1))
@@ -334,14 +339,20 @@ class Fetcher:
             # served, and kept in memory, without a copy on disk.
             self.cache.warn(f"reading OriginalFile {file.id} without caching it: {error}")
 
-    def _advance(self, file: records.OriginalFile, stream: Stream, offset: int, end: int, last: int) -> None:
+    def _advance(self, file: records.OriginalFile, stream: Stream, offset: int, end: int) -> None:
         """Update the stream's read-ahead window and start read-ahead if sequential."""
-        sequential = offset == stream.next_offset and offset > 0
-        stream.next_offset = end
+        # The kernel's read-ahead sends several requests of one reader at once,
+        # and trio runs their tasks in any order, so a read counts as
+        # sequential when it starts a few blocks or less from the stream's end.
+        slack = SEQUENTIAL_SLACK_BLOCKS * self.block_size
+        sequential = offset > 0 and abs(offset - stream.next_offset) <= slack
         if not sequential:
+            stream.next_offset = end
             stream.window = 0
             stream.ahead = 0
             return
+        stream.next_offset = max(stream.next_offset, end)
+        last = (stream.next_offset - 1) // self.block_size
         stream.window = min(max(2, stream.window * 2), MAX_READAHEAD_BLOCKS)
         if self._nursery is None or file.restricted:
             return

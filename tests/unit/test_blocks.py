@@ -6,6 +6,7 @@ import sqlite3
 import pytest
 import trio
 
+from omerofs import blocks
 from omerofs.blocks import BlockCache, BlockKey
 from omerofs.errors import CacheError
 from omerofs.fetch import Fetcher
@@ -45,4 +46,27 @@ def test_full_database_is_a_cache_error_or_a_miss(tmp_path, monkeypatch):
         cache.set_record("pin/srv/Image:1", {})
     # Records that only offline use needs, and reads, must not fail the request.
     cache.keep_record("image/srv/1", "record")
-    assert cache.get(key) is None
+    # Reading needs no write: the block is still served, and its use,
+    # recorded in batches, is dropped with a warning.
+    for _ in range(2 * blocks._USE_BATCH):
+        assert cache.get(key) == b"x" * BLOCK
+
+
+def test_recently_read_block_outlives_unread_ones(tmp_path):
+    cache = BlockCache(tmp_path)
+    old = [BlockKey("srv", 1, BLOCK, index) for index in range(20)]
+    for index, key in enumerate(old + [BlockKey("srv", 2, BLOCK, index) for index in range(60)]):
+        cache.put(key, os.urandom(BLOCK))
+    # Uses are written in batches: enough reads of the first block to write one.
+    for _ in range(blocks._USE_BATCH):
+        assert cache.get(old[0]) is not None
+    cache.close()
+
+    # At its limit, the cache makes room for 40 more blocks by evicting the
+    # least recently used: the other old blocks, then the first of file 2.
+    cache = BlockCache(tmp_path, size_limit=cache.volume()["cached"])
+    for index in range(40):
+        cache.put(BlockKey("srv", 3, BLOCK, index), os.urandom(BLOCK))
+
+    assert cache.get(old[0]) is not None
+    assert not any(cache.contains(key) for key in old[1:])
