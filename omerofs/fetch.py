@@ -81,6 +81,11 @@ MAX_READAHEAD_BLOCKS = 32
 # several blocks.
 RUN_BYTES = 4 * 1024 * 1024
 
+# A pin reads up to this many bytes per server read: a file of up to 16 MiB
+# in one read, so that each file costs one RawFileStore.setFileId and one
+# read. It stays below Ice's message size limit (see remote.connection).
+PIN_RUN_BYTES = 16 * 1024 * 1024
+
 # A pin hashes blocks as they arrive, in file order; blocks that arrive
 # ahead of a slow one wait in memory up to this many bytes. Past it the pin
 # checks the file by reading it back from the cache instead.
@@ -136,6 +141,7 @@ class Fetcher:
         self.block_size = block_size
         self._download_block = download
         self._run_blocks = max(1, RUN_BYTES // block_size)
+        self._pin_run_blocks = max(1, PIN_RUN_BYTES // block_size)
         self._limiter = trio.CapacityLimiter(concurrency)
         self._inflight: dict[tuple[int, int], _Download] = {}
         self._memory: OrderedDict[tuple[int, int], bytes] = OrderedDict()
@@ -416,7 +422,7 @@ class Fetcher:
         # drop the blocks between the two.
         self._verifying.add(file.id)
         try:
-            await run_all(pin_run, consecutive_runs(range(self.block_count(file)), self._run_blocks))
+            await run_all(pin_run, consecutive_runs(range(self.block_count(file)), self._pin_run_blocks))
             if ordered is not None and ordered.hexdigest() is not None:
                 self._check_digest(file, ordered.hexdigest())
                 complete = True

@@ -135,7 +135,7 @@ class OutOfOrderServer(FakeServer):
 
 @pytest.mark.parametrize("good_hash", [True, False])
 def test_pin_checks_blocks_arriving_out_of_order(tmp_path, monkeypatch, good_hash):
-    monkeypatch.setattr(fetch, "RUN_BYTES", 2 * BLOCK)
+    monkeypatch.setattr(fetch, "PIN_RUN_BYTES", 2 * BLOCK)
     data = os.urandom(9 * BLOCK + 5)
     server = OutOfOrderServer({1: data})
     file = make_file(1, data, good_hash=good_hash)
