@@ -11,6 +11,7 @@ The daemon ends, closing the session it owns, when the filesystem is
 unmounted (``omerofs umount``, ``fusermount3 -u``) or on SIGTERM or SIGINT.
 """
 
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -42,14 +43,21 @@ log = logging.getLogger(__name__)
 STATS_PERIOD = 2.0
 
 # The kernel's read-ahead for this mount. Its default, 128 KiB, cuts a
-# sequential reader's 1 MiB block into eight FUSE requests; at 4 MiB the
-# kernel asks for 1 MiB pieces (the FUSE request limit) several at a time,
-# and a warm read of 1 GiB costs the daemon about a third less CPU. It only
-# grows for sequential readers, so random readers are not affected.
+# sequential reader's 1 MiB block into eight FUSE requests. At 4 MiB the
+# kernel requests 1 MiB pieces (the FUSE request limit) several at a time,
+# and a warm read of 1 GiB costs the daemon about a third less CPU. The
+# kernel grows read-ahead only for sequential readers, so random readers
+# are not affected.
 READ_AHEAD_KIB = 4096
 
-# The mount reports itself ready once it answers a first request, or after
-# this many seconds whatever happens.
+# glibc gives threads that allocate at the same time arenas of their own, up
+# to 8 per core, and freed blocks stay in them. Streaming 4 GiB with 8
+# download threads peaked at 290 MiB, and at 233 MiB with 2 arenas, at the
+# same speed.
+MALLOC_ARENAS = 2
+
+# The mount reports itself ready once it has served a first request, or
+# after this many seconds in any case.
 READY_CHECK_SECONDS = 10.0
 
 
@@ -167,6 +175,7 @@ def run(options: MountOptions, ready: Callable[[str | None], None]) -> int:
     ``ready(None)`` is called once the mount is in place, ``ready(message)``
     if it could not be set up.
     """
+    _limit_malloc_arenas(MALLOC_ARENAS)
     connection = None
     cache = None
     mounted = False
@@ -229,6 +238,18 @@ def run(options: MountOptions, ready: Callable[[str | None], None]) -> int:
             lock.close()
 
 
+def _limit_malloc_arenas(count: int) -> None:
+    """Cap glibc's malloc arenas; called before the download threads start. Other C libraries ignore it."""
+    try:
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, count)
+    except (OSError, AttributeError) as error:
+        log.debug("malloc arenas left as they are: %s", error)
+
+
+# mallopt's parameter number for the arena limit, from glibc's malloc.h.
+_M_ARENA_MAX = -8
+
+
 def _end_unused_session(options: MountOptions) -> None:
     """End the session that ``omerofs mount`` created for this daemon, which never used it."""
     from .remote import Connection, Credentials, ServerAddress
@@ -271,10 +292,10 @@ async def _serve(operations: Operations, fetcher: Fetcher, catalog: Catalog, reg
 
 
 async def _announce(mountpoint: str, ready: Callable[[str | None], None]) -> None:
-    """Report the mount ready once it answers requests, after tuning the kernel's read-ahead.
+    """Report the mount ready once it serves requests, after tuning the kernel's read-ahead.
 
     The kernel sets the mount's read-ahead from the FUSE handshake, which
-    the main loop answers, so the setting can only change after it; the
+    the main loop handles, so the setting can only change after it; the
     stat() here is a request to this very daemon and returns after it.
     """
     try:
@@ -282,7 +303,7 @@ async def _announce(mountpoint: str, ready: Callable[[str | None], None]) -> Non
             device = (await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)).st_dev
             _set_read_ahead(device, READ_AHEAD_KIB)
     except OSError as error:
-        log.warning("the new mount at %s does not answer: %s", mountpoint, error)
+        log.warning("the new mount at %s failed its first request: %s", mountpoint, error)
     finally:
         ready(None)
 
