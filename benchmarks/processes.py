@@ -19,21 +19,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from omerofs.testserver.control import Control
-from omerofs.testserver.process import free_port
+from omerofs.testserver.process import CLI_USER, OmeroCli as SharedCli, OmeroServer, StartingServer, \
+    ensure_cli_user, make_traversable, spawn_omero_server, wait_for_omero_server
 
 log = logging.getLogger(__name__)
 
 VENV_BIN = Path(sys.executable).parent
 OMEROFS = VENV_BIN / "omerofs"
-OMERO = VENV_BIN / "omero"
 
 # Users and password of the generator's repositories.
 USER = "alice"
 PASSWORD = "omero"
-
-# `omero` refuses to run as root, so it runs as this unprivileged system user.
-CLI_USER = "omerofs-test"
 
 # A stored `omero login` session is used for at most this long (seconds):
 # half of the test server's ten-minute idle time-out, so it never expires
@@ -104,87 +100,45 @@ def _drain(process: subprocess.Popen) -> tuple[bytes, bytes]:
     return chunks["out"], chunks["err"]
 
 
-@dataclass
-class Server:
-    """A running ``python -m omerofs.testserver``."""
-
-    name: str
-    process: subprocess.Popen
-    port: int
-    control_port: int
-    log_path: Path
-
-    @property
-    def host(self) -> str:
-        return f"tcp://127.0.0.1:{self.port}"
-
-    @property
-    def control(self) -> Control:
-        return Control(self.control_port)
-
-    def counters(self) -> dict[str, int]:
-        return self.control.counters()
-
-    def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            log.warning("test server %s did not stop within 30 s; killing it", self.name)
-            self.process.kill()
-            self.process.wait()
-
-
-def start_servers(repositories: dict[str, Path], log_dir: Path, stack: contextlib.ExitStack) -> dict[str, Server]:
+def start_servers(repositories: dict[str, Path], log_dir: Path, stack: contextlib.ExitStack
+                  ) -> dict[str, OmeroServer]:
     """Start one test server per repository, all at once, and wait until each listens.
 
-    A server that exits before it listens is started again on new ports,
-    up to ``SERVER_START_ATTEMPTS`` times: another process on the machine
-    may take a port between ``free_port`` and the server's bind.
+    A server that fails to start is started again, up to
+    ``SERVER_START_ATTEMPTS`` times: another process on the machine may take
+    its control port between ``free_port`` and the server's bind.
     """
-    servers = {name: _spawn_server(name, data, log_dir, stack) for name, data in repositories.items()}
+    starting = {name: _spawn(data, log_dir, stack) for name, data in repositories.items()}
+    servers = {}
     for name, data in repositories.items():
         for attempt in range(1, SERVER_START_ATTEMPTS + 1):
-            if _wait_listening(servers[name]):
+            try:
+                servers[name] = wait_for_omero_server(starting[name], SERVER_START_TIMEOUT)
                 break
-            servers[name].stop()
-            log_tail = servers[name].log_path.read_text()[-2000:]
-            if attempt == SERVER_START_ATTEMPTS:
-                raise RuntimeError(f"the test server for {name} did not start: {log_tail}")
-            last_line = (log_tail.strip().splitlines() or ["no log"])[-1]
-            log.warning("test server %s did not start (attempt %d); starting it on new ports: %s",
-                        name, attempt, last_line)
-            servers[name] = _spawn_server(name, data, log_dir, stack)
+            except RuntimeError as error:
+                if attempt == SERVER_START_ATTEMPTS:
+                    raise RuntimeError(f"the test server for {name} did not start: {error}") from None
+                log.warning("test server %s did not start (attempt %d); starting it again", name, attempt)
+                starting[name] = _spawn(data, log_dir, stack)
         log.info("test server %s listening on %s", name, servers[name].host)
     return servers
 
 
-def _spawn_server(name: str, data: Path, log_dir: Path, stack: contextlib.ExitStack) -> Server:
-    port, control_port = free_port(), free_port()
-    log_path = log_dir / f"testserver-{name}.log"
-    with open(log_path, "w") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "omerofs.testserver", "--data", str(data), "--port", str(port),
-             "--control-port", str(control_port), "--log-level", "WARNING"],
-            stdout=subprocess.PIPE, stderr=log_file, text=True)
-    server = Server(name, process, port, control_port, log_path)
-    stack.callback(server.stop)
-    return server
+def _spawn(data: Path, log_dir: Path, stack: contextlib.ExitStack) -> StartingServer:
+    starting = spawn_omero_server(log_dir, "--log-level", "WARNING", manifest=data / "manifest.yaml")
+    stack.callback(_stop, starting.process)
+    return starting
 
 
-def _wait_listening(server: Server) -> bool:
-    """Wait for the server's ``listening on`` line; return False if it exits first."""
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while time.monotonic() < deadline:
-        line = server.process.stdout.readline()
-        if line.startswith("listening on"):
-            server.process.stdout.close()
-            return True
-        if not line and server.process.poll() is not None:
-            return False
-    return False
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            log.warning("test server %d did not stop within 30 s; killing it", process.pid)
+            process.kill()
+            process.wait()
 
 
 @dataclass
@@ -240,7 +194,7 @@ class Mounter:
         self.stack = stack
         self._count = 0
 
-    def mount(self, server: Server, cache_dir: Path, *targets: str) -> Mount:
+    def mount(self, server: OmeroServer, cache_dir: Path, *targets: str) -> Mount:
         self._count += 1
         path = self.work_dir / f"mnt{self._count}"
         path.mkdir()
@@ -269,30 +223,24 @@ class OmeroCli:
     """The unmodified ``omero`` command, run as an unprivileged user with its own home."""
 
     def __init__(self, work_dir: Path):
-        self.user = _ensure_user(CLI_USER)
-        self.home = work_dir / "omero-home"
+        user = pwd.getpwnam(ensure_cli_user())
+        home = work_dir / "omero-home"
+        home.mkdir(parents=True, exist_ok=True)
+        os.chown(home, user.pw_uid, user.pw_gid)
+        self.user = user
+        self.cli = SharedCli(home, CLI_USER)
+        # The user must be able to reach its home: the session directory's parents.
+        make_traversable(self.cli.session_dir)
         self._logins: dict[str, float] = {}
-        self.home.mkdir(parents=True, exist_ok=True)
-        os.chown(self.home, self.user.pw_uid, self.user.pw_gid)
-        # The user must be able to reach its home and the venv's interpreter.
-        for directory in (work_dir, *work_dir.parents, *VENV_BIN.parents):
-            mode = os.stat(directory).st_mode
-            if not mode & 0o001:
-                log.info("adding o+x to %s so that %s can reach it", directory, CLI_USER)
-                os.chmod(directory, mode | 0o001)
 
     def directory(self, name: str) -> Path:
         """Return a fresh directory under the CLI's home that the CLI user owns."""
-        path = self.home / name
+        path = self.cli.home / name
         path.mkdir()
         os.chown(path, self.user.pw_uid, self.user.pw_gid)
         return path
 
-    def command(self, *arguments: str) -> list[str]:
-        return ["runuser", "-u", CLI_USER, "--", "env", "-i", f"HOME={self.home}",
-                f"OMERO_SESSIONDIR={self.home}/sessions", f"PATH={VENV_BIN}:/usr/bin:/bin", str(OMERO), *arguments]
-
-    def login(self, server: Server) -> None:
+    def login(self, server: OmeroServer) -> None:
         """Store a session for ``server``, so the timed commands need no log-in of their own.
 
         A stored session expires after ten idle minutes, and an expired one
@@ -302,8 +250,7 @@ class OmeroCli:
         last = self._logins.get(server.host)
         if last is not None and time.monotonic() - last < LOGIN_REFRESH_SECONDS:
             return
-        result = subprocess.run(self.command("login", "-q", "-s", server.host, "-u", USER, "-w", PASSWORD),
-                                capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        result = self.cli.run("login", "-q", "-s", server.host, "-u", USER, "-w", PASSWORD)
         if result.returncode != 0:
             raise RuntimeError(f"omero login to {server.host} failed: {result.stdout}{result.stderr}")
         self._logins[server.host] = time.monotonic()
@@ -311,19 +258,9 @@ class OmeroCli:
     def run(self, *arguments: str) -> float:
         """Run ``omero ARGUMENTS``; return its wall time in seconds. Raise if it fails."""
         started = time.perf_counter()
-        result = subprocess.run(self.command(*arguments), capture_output=True, text=True, timeout=3600,
-                                stdin=subprocess.DEVNULL)
+        result = self.cli.run(*arguments, timeout=3600)
         seconds = time.perf_counter() - started
         if result.returncode != 0 or "Ignoring error" in result.stderr:
             raise RuntimeError(f"omero {' '.join(arguments)} failed ({result.returncode}): "
                                f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
         return seconds
-
-
-def _ensure_user(name: str) -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        log.info("creating the system user %s for the omero command", name)
-        subprocess.run(["useradd", "--system", "--create-home", name], check=True)
-        return pwd.getpwnam(name)

@@ -33,9 +33,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import report
-from .processes import OMEROFS, PASSWORD, USER, Mount, Mounter, OmeroCli, Server, drop_caches, start_servers, \
-    wait4_timed
+from omerofs.testserver.process import OmeroServer
+
+from .processes import OMEROFS, PASSWORD, USER, Mount, Mounter, OmeroCli, drop_caches, start_servers, wait4_timed
 from .report import NO_VALUE, Row, latency_label, rate, size_label, verdict
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ class Bench:
         self.mounter = Mounter(self.work_dir, self.stack)
         self.cli = OmeroCli(self.work_dir)
 
-    def _set_latency(self, server: Server, latency_ms: float) -> None:
+    def _set_latency(self, server: OmeroServer, latency_ms: float) -> None:
         server.control.set(latency_ms=latency_ms)
 
     def _file_path(self, mount: Mount, big: BigFile) -> Path:
@@ -264,7 +264,7 @@ class Bench:
             drop_caches()
             server.control.reset()
             seconds = time_cat(path)
-            reads = server.counters().get("RawFileStore.read", 0)
+            reads = server.control.counters().get("RawFileStore.read", 0)
             if first:
                 # The warm read reuses this cache; the memory row compares with this daemon.
                 self.small_file_peak = mount.peak_rss()
@@ -295,7 +295,7 @@ class Bench:
             self.details.append(f"1 at {latency}: omerofs made {reads} RawFileStore.read calls. Ceiling tuning "
                                 f"(MB/s over {size_label(min(big.size, self.plan.tune_bytes))}): {trials}.")
 
-    def _omero_download(self, server: Server, big: BigFile) -> float:
+    def _omero_download(self, server: OmeroServer, big: BigFile) -> float:
         self.cli.login(server)
         directory = self.cli.directory(f"download-{time.monotonic_ns()}")
         target = directory / "file"
@@ -314,7 +314,7 @@ class Bench:
             raise RuntimeError(f"the ceiling client failed: {result.stderr[-3000:]}")
         return json.loads(result.stdout.splitlines()[-1])
 
-    def _ceiling_sequential(self, server: Server, big: BigFile) -> dict:
+    def _ceiling_sequential(self, server: OmeroServer, big: BigFile) -> dict:
         return self._ceiling("sequential", "--host", server.host, "--file-id", str(big.file_id),
                              "--size", str(big.size), "--tune-bytes", str(self.plan.tune_bytes))
 
@@ -334,7 +334,7 @@ class Bench:
         server.control.reset()
         first = time_cat(path)
         second = time_cat(path)
-        reads = server.counters().get("RawFileStore.read", 0)
+        reads = server.control.counters().get("RawFileStore.read", 0)
         mount.unmount()
 
         drop_caches()
@@ -381,7 +381,7 @@ class Bench:
                 drop_caches()
                 server.control.reset()
                 warm = time_preads(path, offsets, length)
-                warm_reads = server.counters().get("RawFileStore.read", 0)
+                warm_reads = server.control.counters().get("RawFileStore.read", 0)
                 mount.unmount()
                 drop_caches()
                 local = time_preads(self.local_copy, offsets, length)
@@ -447,7 +447,7 @@ class Bench:
                 started = time.perf_counter()
                 result = subprocess.run(["bash", "-c", command], cwd=mount.path, capture_output=True, text=True)
                 seconds = time.perf_counter() - started
-                counters = server.counters()
+                counters = server.control.counters()
                 mount.unmount()
                 shutil.rmtree(cache)
 
@@ -481,7 +481,7 @@ class Bench:
                 [str(OMEROFS), "pin", f"Dataset:{dataset.id}", "-s", server.host, "-u", USER,
                  "--cache-dir", str(cache), "--json"], env=env)
             self.details.append(f"5 pin at {latency_label(latency_ms)}: server calls: "
-                                f"{_call_breakdown(server.counters())}.")
+                                f"{_call_breakdown(server.control.counters())}.")
             if status != 0:
                 raise RuntimeError(f"omerofs pin failed ({status}): {err.decode()[-2000:]}")
             summary = json.loads(out)
@@ -497,7 +497,7 @@ class Bench:
                                  f"≥ {PIN_TARGET:g}", verdict(ratio >= PIN_TARGET)))
         self.rows.append(Row("6b", f"omerofs pin peak memory ({label})", NO_VALUE, mib(pin_peak)))
 
-    def _download_filesets(self, server: Server, dataset: Dataset, total: int) -> float:
+    def _download_filesets(self, server: OmeroServer, dataset: Dataset, total: int) -> float:
         """Time the `omero` command downloading each fileset in turn, in one process and session."""
         self.cli.login(server)
         directory = self.cli.directory(f"filesets-{time.monotonic_ns()}")

@@ -84,6 +84,21 @@ class OmeroServer:
 
 def start_omero_server(log_dir: Path, *args: str, manifest: Path = SAMPLE_MANIFEST) -> OmeroServer:
     """Start `python -m omerofs.testserver` and wait for its `listening on` line."""
+    return wait_for_omero_server(spawn_omero_server(log_dir, *args, manifest=manifest))
+
+
+@dataclasses.dataclass
+class StartingServer:
+    """A test server process that has not yet printed its `listening on` line."""
+
+    process: subprocess.Popen
+    control_port: int
+    manifest_path: Path
+    log_path: Path
+
+
+def spawn_omero_server(log_dir: Path, *args: str, manifest: Path = SAMPLE_MANIFEST) -> StartingServer:
+    """Start `python -m omerofs.testserver` without waiting, so that several can start at once."""
     control_port = free_port()
     log_path = log_dir / f"testserver-{control_port}.log"
     source = ["--sample"] if manifest == SAMPLE_MANIFEST else ["--data", str(manifest)]
@@ -95,16 +110,21 @@ def start_omero_server(log_dir: Path, *args: str, manifest: Path = SAMPLE_MANIFE
         process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=log_file, text=True, cwd=REPOSITORY_ROOT
         )
+    return StartingServer(process, control_port, manifest, log_path)
 
-    line = read_first_line(process, SERVER_START_TIMEOUT)
+
+def wait_for_omero_server(starting: StartingServer, timeout: float = SERVER_START_TIMEOUT) -> OmeroServer:
+    """Wait for a spawned server's `listening on` line; raise RuntimeError, with its log, if it fails."""
+    process = starting.process
+    line = read_first_line(process, timeout)
     if not line.startswith("listening on tcp://127.0.0.1:"):
         process.kill()
         process.wait()
         raise RuntimeError(
-            f"the test server did not start (stdout {line!r}); log:\n{log_path.read_text()[-3000:]}"
+            f"the test server did not start (stdout {line!r}); log:\n{starting.log_path.read_text()[-3000:]}"
         )
     port = int(line.rsplit(":", 1)[1])
-    return OmeroServer(process, port, control_port, manifest, log_path)
+    return OmeroServer(process, port, starting.control_port, starting.manifest_path, starting.log_path)
 
 
 def read_first_line(process: subprocess.Popen, timeout: float) -> str:
