@@ -258,13 +258,17 @@ class Fetcher:
 
     async def _fetch(self, file: records.OriginalFile, index: int) -> bytes:
         """Load one block from the cache or the server in a worker, or wait for the load under way."""
-        download = self._inflight.get((file.id, index))
-        if download is None:
-            return (await self._load_run(file, index, 1))[0]
-        await download.done.wait()
-        if download.error is not None:
-            raise download.error
-        return download.data
+        while True:
+            download = self._inflight.get((file.id, index))
+            if download is None:
+                return (await self._load_run(file, index, 1))[0]
+            await download.done.wait()
+            if download.error is not None:
+                raise download.error
+            if download.data is not None:
+                return download.data
+            # The load was cancelled with the request that started it, before
+            # its worker ran, so this reader loads the block itself.
 
     async def _load_run(self, file: records.OriginalFile, first: int, count: int) -> list[bytes]:
         """Load blocks ``first`` to ``first + count - 1``, none of them under way, in one worker."""
@@ -285,7 +289,7 @@ class Fetcher:
                 download.data = data
                 self._remember(file, first + offset, data)
             return blocks
-        except BaseException as error:
+        except Exception as error:
             for download in downloads:
                 download.error = error
             raise

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import trio
+import trio.testing
 
 from omerofs import fetch, records
 from omerofs.blocks import BlockCache, BlockKey
@@ -319,3 +320,56 @@ def test_failed_block_fails_the_pin_with_its_own_error(tmp_path):
             await fetcher.pin(file, lambda count, local: None)
 
     run_with_fetcher(tmp_path, server, body)
+
+
+class GatedServer(FakeServer):
+    """Holds each read of one offset until the test opens the gate, then fails it."""
+
+    def __init__(self, contents, failing_offset):
+        super().__init__(contents)
+        self.failing_offset = failing_offset
+        self.gate = threading.Event()
+
+    def __call__(self, file_id, offset, length):
+        if offset == self.failing_offset:
+            self.gate.wait()
+            raise ServerUnavailable(f"Reading OriginalFile {file_id} at {offset}: cannot reach the server")
+        return super().__call__(file_id, offset, length)
+
+
+def test_cancelled_load_serves_other_readers(tmp_path):
+    data = os.urandom(4 * BLOCK)
+    server = GatedServer({1: data}, failing_offset=0)
+    file = make_file(1, data)
+
+    async def main():
+        # With one worker, the first read's blocks 1 to 3 wait for the worker
+        # that reads block 0 for another reader. Block 0 fails, one of them
+        # gets the worker and the first read cancels the other two.
+        fetcher = Fetcher(BlockCache(tmp_path), "srv", server, block_size=BLOCK, concurrency=1)
+        last_blocks = []
+
+        async def read_first_block():
+            with pytest.raises(ServerUnavailable):
+                await fetcher.read(file, 0, 100)
+
+        async def read_all():
+            with pytest.raises(ServerUnavailable):
+                await fetcher.read(file, 0, len(data))
+
+        async def read_last_blocks():
+            last_blocks.append(await fetcher.read(file, BLOCK, 3 * BLOCK))
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fetcher.run)
+            for reader in (read_first_block, read_all, read_last_blocks):
+                nursery.start_soon(reader)
+                await trio.testing.wait_all_tasks_blocked()
+            server.gate.set()
+            while not last_blocks:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        return last_blocks
+
+    # The last read gets its blocks, not the cancellation of another read.
+    assert trio.run(main) == [data[BLOCK:]]
