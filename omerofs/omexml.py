@@ -37,6 +37,7 @@ XML annotations, which are inserted into the tree verbatim.
 
 import base64
 import datetime
+import functools
 import logging
 import re
 import warnings
@@ -44,9 +45,9 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from urllib.parse import quote
 
-import ome_types
 import pydantic
 from ome_types import model as ome
+from xsdata_pydantic_basemodel.bindings import SerializerConfig, XmlContext, XmlSerializer
 
 from . import metarecords as mr
 
@@ -681,7 +682,19 @@ def _document(**fields):
 
 def _tree(document) -> ET.Element:
     """Write an ome-types OME model and parse it back into an element tree."""
-    return ET.fromstring(ome_types.to_xml(document, indent=0, include_schema_location=False))
+    # What ome_types.to_xml(document, indent=0, include_schema_location=False)
+    # does, but with one serialiser for every document. to_xml makes a new
+    # one, whose xsdata context works out the XML bindings of every model
+    # class again: about three quarters of the time of each document.
+    document._update_set_fields()
+    return ET.fromstring(_serializer().render(document, ns_map={None: OME_NAMESPACE}))
+
+
+@functools.cache
+def _serializer() -> XmlSerializer:
+    # No indentation and no schema location: the writer below lays out the tree.
+    config = SerializerConfig(xml_declaration=False, ignore_unset_attributes=True)
+    return XmlSerializer(config=config, context=XmlContext())
 
 
 def _insert_xml_values(root: ET.Element, annotations: Iterable[mr.Annotation]) -> None:
