@@ -153,9 +153,9 @@ class Fetcher:
         self.blocks_fetched = 0
         self.hits = 0
         self.misses = 0
-        # Called with a file whose cached bytes failed the checksum, so that
+        # Awaited with a file whose cached bytes failed the checksum, so that
         # copies outside the fetcher (the kernel's page cache) go too.
-        self.on_mismatch: Callable[[records.OriginalFile], None] | None = None
+        self.on_mismatch: Callable[[records.OriginalFile], Awaitable[None]] | None = None
 
     @property
     def offline(self) -> bool:
@@ -433,7 +433,7 @@ class Fetcher:
             else:
                 complete = await trio.to_thread.run_sync(self.verify, file, limiter=self._limiter)
         except IntegrityError:
-            self._forget_mismatch(file)
+            await self._forget_mismatch(file)
             raise
         finally:
             self._verifying.discard(file.id)
@@ -509,7 +509,7 @@ class Fetcher:
         try:
             await trio.to_thread.run_sync(self.verify, file)
         except IntegrityError as error:
-            self._forget_mismatch(file)
+            await self._forget_mismatch(file)
             log.error("%s", error)
         except OmerofsError as error:
             log.warning("could not check OriginalFile %d: %s", file.id, error)
@@ -544,11 +544,11 @@ class Fetcher:
                                  f"{file.hasher} checksum; its cached blocks were dropped")
         self.cache.set_record(self._verified_key(file), file.hash)
 
-    def _forget_mismatch(self, file: records.OriginalFile) -> None:
+    async def _forget_mismatch(self, file: records.OriginalFile) -> None:
         for index in range(self.block_count(file)):
             self._memory_drop(file.id, index)
         if self.on_mismatch is not None:
-            self.on_mismatch(file)
+            await self.on_mismatch(file)
 
     def _memory_drop(self, file_id: int, index: int) -> None:
         data = self._memory.pop((file_id, index), None)

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pyfuse3
+import trio
 
 from . import tree
 from .errors import AccessDenied, NotFound, OmerofsError, errno_for
@@ -110,19 +111,18 @@ class Operations(pyfuse3.Operations):
             self._inodes[inode].node = node
         return inode
 
-    def invalidate_file(self, file_id: int) -> None:
+    async def invalidate_file(self, file_id: int) -> None:
         """Drop the kernel's cached pages of every inode that shows OriginalFile ``file_id``.
 
         ``keep_cache`` lets the kernel keep an immutable file's pages across
         opens, so without this, bytes that failed the checksum would still be
         served from the page cache after the fetcher dropped its own copies.
+        The kernel waits for the reads of those pages that are under way, and
+        only this event loop replies to them, so the invalidation runs in a worker.
         """
-        for inode, entry in list(self._inodes.items()):
-            if isinstance(entry.node, tree.File) and entry.node.file.id == file_id:
-                try:
-                    pyfuse3.invalidate_inode(inode)
-                except OSError as error:
-                    log.debug("could not invalidate inode %d of OriginalFile %d: %s", inode, file_id, error)
+        inodes = [inode for inode, entry in self._inodes.items()
+                  if isinstance(entry.node, tree.File) and entry.node.file.id == file_id]
+        await trio.to_thread.run_sync(_invalidate_inodes, inodes, file_id)
 
     def _node(self, inode: int) -> tree.Node:
         entry = self._inodes.get(inode)
@@ -294,3 +294,12 @@ def _listing_order(name: str) -> tuple:
     """Sort numeric names (object IDs) numerically, before other names."""
     # Names from the server may hold digits such as "²" that int() rejects.
     return (0, int(name), "") if name.isascii() and name.isdigit() else (1, 0, name)
+
+
+def _invalidate_inodes(inodes: list[int], file_id: int) -> None:
+    """Worker thread: drop the kernel's cached pages of ``inodes``, which show OriginalFile ``file_id``."""
+    for inode in inodes:
+        try:
+            pyfuse3.invalidate_inode(inode)
+        except OSError as error:
+            log.debug("could not invalidate inode %d of OriginalFile %d: %s", inode, file_id, error)

@@ -220,8 +220,11 @@ def test_checksum_mismatch_calls_on_mismatch(tmp_path):
     file = make_file(1, data, good_hash=False)
     mismatched = []
 
+    async def note_mismatch(file):
+        mismatched.append(file)
+
     async def body(fetcher):
-        fetcher.on_mismatch = mismatched.append
+        fetcher.on_mismatch = note_mismatch
         await fetcher.read(file, 0, len(data))
         # The check runs in a worker thread; a loaded machine may take a while.
         with trio.move_on_after(10):
