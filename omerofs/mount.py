@@ -303,9 +303,14 @@ async def _announce(mountpoint: str, ready: Callable[[str | None], None]) -> Non
             device = (await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)).st_dev
             _set_read_ahead(device, READ_AHEAD_KIB)
     except OSError as error:
-        log.warning("the new mount at %s failed its first request: %s", mountpoint, error)
-    finally:
-        ready(None)
+        # The daemon stops, so that `omerofs mount` reports the error and leaves no mount behind.
+        log.error("the new mount at %s failed its first request: %s; unmounting", mountpoint, error)
+        ready(f"the new mount at {mountpoint} failed its first request: {error.strerror or error}")
+        pyfuse3.terminate()
+        return
+    # Not in a finally clause: a daemon stopped before it served a request
+    # (SIGTERM, a failed main loop) must not be reported ready.
+    ready(None)
 
 
 def _set_read_ahead(device: int, kib: int) -> None:
