@@ -220,8 +220,13 @@ class BlockCache:
             self.warn(f"cannot record the use of {len(names)} cache blocks: {error}")
 
     def contains(self, key: BlockKey) -> bool:
+        """Return whether the cache holds a block. A failed look-up counts as missing, as in get()."""
         name = str(key)
-        return name in self._pinned or name in self._blocks
+        try:
+            return name in self._pinned or name in self._blocks
+        except sqlite3.Error as error:
+            self.warn(f"cannot look up cache block {name}: {error}")
+            return False
 
     def put(self, key: BlockKey, data: bytes, pinned: bool = False) -> None:
         """Store a whole, checked block."""
@@ -230,7 +235,7 @@ class BlockCache:
         try:
             # Given bytes, diskcache would iterate them line by line.
             cache.set(str(key), _Packed(key, data), read=True)
-        except (OSError, sqlite3.Error) as error:
+        except (OSError, sqlite3.Error, diskcache.Timeout) as error:
             raise CacheError(f"Cannot write to the cache in {self.directory}: {error}") from error
 
     def pin(self, key: BlockKey) -> bool:
@@ -292,7 +297,7 @@ class BlockCache:
     def set_record(self, key: str, value) -> None:
         try:
             self._records.set(key, value)
-        except (OSError, sqlite3.Error) as error:
+        except (OSError, sqlite3.Error, diskcache.Timeout) as error:
             raise CacheError(f"Cannot write to the cache in {self.directory}: {error}") from error
 
     def keep_record(self, key: str, value) -> None:

@@ -386,6 +386,10 @@ class Fetcher:
             count = len(downloads)
             log.debug("read-ahead of OriginalFile %d blocks %d-%d failed: %s", file.id, first,
                       first + count - 1, error)
+        except Exception:
+            # A bug, but raising it here would end the background nursery and
+            # with it the mount. A reader of these blocks gets the error itself.
+            log.exception("read-ahead of OriginalFile %d from block %d failed unexpectedly", file.id, first)
 
     # Pinning
 

@@ -2,9 +2,11 @@
 
 import hashlib
 import os
+import sqlite3
 import threading
 import time
 
+import diskcache
 import pytest
 import trio
 import trio.testing
@@ -376,3 +378,85 @@ def test_cancelled_load_serves_other_readers(tmp_path):
 
     # The last read gets its blocks, not the cancellation of another read.
     assert trio.run(main) == [data[BLOCK:]]
+
+
+@pytest.mark.allow_warnings
+def test_locked_cache_still_serves_sequential_reads(tmp_path):
+    data = os.urandom(64 * BLOCK)
+    server = FakeServer({1: data})
+    file = make_file(1, data)
+
+    def locked(*args, **kwargs):
+        # What diskcache raises when SQLite stays locked past its busy timeout.
+        raise diskcache.Timeout
+
+    async def body(fetcher):
+        fetcher.cache._blocks.set = locked
+        stream = Stream()
+        # Each read starts read-ahead, whose blocks cannot be stored either.
+        for offset in range(0, len(data), BLOCK):
+            assert await fetcher.read(file, offset, BLOCK, stream) == data[offset:offset + BLOCK]
+        while fetcher._inflight:
+            await trio.sleep(0.01)
+        assert not fetcher.cache.contains(BlockKey("srv", 1, BLOCK, 0))
+
+    run_with_fetcher(tmp_path, server, body)
+
+
+class FailingLookups:
+    """A diskcache.Cache whose membership test fails as SQLite does on a disk I/O error."""
+
+    def __init__(self, cache):
+        self._cache = cache
+
+    def __contains__(self, name):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    def __getattr__(self, name):
+        return getattr(self._cache, name)
+
+
+@pytest.mark.allow_warnings
+def test_failed_cache_lookups_still_serve_reads(tmp_path):
+    data = os.urandom(64 * BLOCK)
+    server = FakeServer({1: data})
+    file = make_file(1, data)
+
+    async def body(fetcher):
+        fetcher.cache._pinned = FailingLookups(fetcher.cache._pinned)
+        stream = Stream()
+        # Read-ahead looks its blocks up in the cache before it downloads them.
+        for offset in range(0, len(data), BLOCK):
+            assert await fetcher.read(file, offset, BLOCK, stream) == data[offset:offset + BLOCK]
+        while fetcher._inflight:
+            await trio.sleep(0.01)
+
+    run_with_fetcher(tmp_path, server, body)
+
+
+class BuggyServer(FakeServer):
+    """Raises an error that is no omerofs error, as a bug would, for reads from block 2 on."""
+
+    def __call__(self, file_id, offset, length):
+        if offset >= 2 * BLOCK:
+            raise RuntimeError("a bug in the download")
+        return super().__call__(file_id, offset, length)
+
+
+@pytest.mark.allow_warnings
+def test_unexpected_read_ahead_error_keeps_the_fetcher(tmp_path):
+    data = os.urandom(64 * BLOCK)
+    server = BuggyServer({1: data})
+    file = make_file(1, data)
+
+    async def body(fetcher):
+        stream = Stream()
+        # The second read starts read-ahead of blocks 2 and 3, which fails.
+        for offset in (0, BLOCK):
+            assert await fetcher.read(file, offset, BLOCK, stream) == data[offset:offset + BLOCK]
+        while fetcher._inflight:
+            await trio.sleep(0.01)
+        # The background nursery still runs, so reads go on.
+        assert await fetcher.read(file, 0, BLOCK) == data[:BLOCK]
+
+    run_with_fetcher(tmp_path, server, body)
