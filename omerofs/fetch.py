@@ -6,8 +6,9 @@ Design:
   block cache are served in the trio thread without a thread hop; the
   cache is local disk and a hop would cost more than the read.
 - Missing blocks download in worker threads under the data
-  ``CapacityLimiter``, all blocks of one read in parallel. Read-ahead and
-  pins fetch runs of consecutive blocks (``RUN_BYTES``) in one server read.
+  ``CapacityLimiter``. Reads, read-ahead and pins fetch runs of
+  consecutive blocks (``RUN_BYTES``) in one server read, and the runs of
+  one read in parallel.
 - A pin hashes each file from its blocks as they arrive, in file order,
   so it does not read the file back from the cache to check it.
 - A block that is already downloading is awaited, never downloaded again,
@@ -30,6 +31,7 @@ Alternatives rejected: fetching whole files on open (a 4 GiB plate for
 one tile), and read-ahead on every read (random readers pay for nothing).
 """
 
+import functools
 import hashlib
 import logging
 import math
@@ -74,7 +76,7 @@ MAX_BLOCK_SIZE = 16 * 1024 * 1024
 # the data limiter's parallel downloads.
 MAX_READAHEAD_BLOCKS = 32
 
-# A sequential reader's read-ahead and a pin fetch up to this many bytes
+# A read and a sequential reader's read-ahead fetch up to this many bytes
 # of consecutive blocks in one server read: at 10 ms per call, 8 parallel
 # reads of 1 MiB cap a stream near 800 MB/s, while reads of 4 MiB leave it
 # to the link and the CPU. It also keeps a RawFileStore on one file for
@@ -242,19 +244,35 @@ class Fetcher:
 
     async def _fetch_all(self, file: records.OriginalFile, indexes: list[int], blocks: dict[int, bytes]) -> None:
         # Blocks under way (read-ahead loading them from the cache) need no download.
-        if any((file.id, index) not in self._inflight for index in indexes):
+        unclaimed = [index for index in indexes if (file.id, index) not in self._inflight]
+        if unclaimed:
             if self.offline:
                 raise OfflineError(f"OriginalFile {file.id} ({file.name}) is not in the cache and the mount is offline")
             if file.restricted:
                 raise AccessDenied(f"The server restricts downloads of OriginalFile {file.id} ({file.name})")
 
-        async def fetch_one(index: int) -> None:
+        # Consecutive missing blocks load with one server read, as read-ahead's
+        # do: with small blocks, a 1 MiB request would otherwise cost hundreds
+        # of reads. They are claimed before any task starts, so that another
+        # reader waits for them instead of loading them too.
+        runs = [(first, self._claim_run(file, first, count))
+                for first, count in consecutive_runs(unclaimed, self._run_blocks)]
+        claimed_here = set(unclaimed)
+        awaited = [index for index in indexes if index not in claimed_here]
+
+        async def load(run: tuple[int, list[_Download]]) -> None:
+            first, downloads = run
+            for offset, data in enumerate(await self._complete_run(file, first, downloads)):
+                blocks[first + offset] = data
+
+        async def wait(index: int) -> None:
             blocks[index] = await self._fetch(file, index)
 
-        if len(indexes) == 1:
-            await fetch_one(indexes[0])
+        if len(runs) == 1 and not awaited:
+            await load(runs[0])
             return
-        await run_all(fetch_one, indexes)
+        jobs = [functools.partial(load, run) for run in runs] + [functools.partial(wait, index) for index in awaited]
+        await run_all(lambda job: job(), jobs)
 
     async def _fetch(self, file: records.OriginalFile, index: int) -> bytes:
         """Load one block from the cache or the server in a worker, or wait for the load under way."""

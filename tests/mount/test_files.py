@@ -189,7 +189,9 @@ def test_concurrent_readers_download_each_block_once(omero_server, mounter, plat
         thread.join()
     assert len(results) == 16
     assert len(set(results)) == 1
-    assert omero_server.control.counters().get("RawFileStore.read", 0) == -(-size // block)
+    # A read loads its consecutive missing blocks with one server read and
+    # waits for blocks under way, so 16 readers make at most one read per block.
+    assert omero_server.control.counters().get("RawFileStore.read", 0) <= -(-size // block)
 
 
 @pytest.fixture(scope="module")

@@ -104,7 +104,8 @@ def test_concurrent_readers_share_one_download_per_block(tmp_path):
         assert all(r == data for r in results)
 
     run_with_fetcher(tmp_path, server, body)
-    assert sorted(server.reads) == [(1, i * BLOCK) for i in range(4)]
+    # The first reader loads the four blocks with one server read; the others wait for it.
+    assert server.reads == [(1, 0)]
 
 
 def test_sequential_reads_trigger_read_ahead(tmp_path):
@@ -460,3 +461,17 @@ def test_unexpected_read_ahead_error_keeps_the_fetcher(tmp_path):
         assert await fetcher.read(file, 0, BLOCK) == data[:BLOCK]
 
     run_with_fetcher(tmp_path, server, body)
+
+
+def test_large_read_of_small_blocks_reads_runs(tmp_path):
+    data = os.urandom(300 * BLOCK)
+    server = FakeServer({1: data})
+    file = make_file(1, data)
+
+    async def body(fetcher):
+        # A 1 MiB request, the kernel's largest, covers 256 blocks of 4 KiB.
+        assert await fetcher.read(file, BLOCK + 5, 256 * BLOCK) == data[BLOCK + 5:257 * BLOCK + 5]
+        assert fetcher.blocks_fetched == 257
+
+    run_with_fetcher(tmp_path, server, body)
+    assert server.reads == [(1, BLOCK)]
