@@ -254,7 +254,8 @@ def _start_daemon(options: MountOptions) -> int:
     daemon.wait(timeout=10)
     message = line.removeprefix("error: ") if line else f"the mount daemon exited; see {options.log_file}"
     print(f"omerofs: error: {message}", file=sys.stderr)
-    return daemon.returncode or 1
+    # A daemon ended by a signal has a negative return code, which is no exit code.
+    return daemon.returncode if daemon.returncode > 0 else 1
 
 
 def command_umount(args) -> int:

@@ -1,8 +1,11 @@
 """Command-line misuse: a clear one-line message and the documented exit code, never a traceback."""
 
+import subprocess
+
 import pytest
 
 from omerofs import cli
+from omerofs.mount import MountOptions
 
 
 @pytest.fixture
@@ -108,3 +111,17 @@ def test_closed_output_pipe_exits_quietly(tmp_path):
         os.close(write_end)
     assert result.returncode == 141
     assert "Traceback" not in result.stderr
+
+
+def test_mount_daemon_ended_by_signal_exits_1(capsys, tmp_path, monkeypatch):
+    start_process = subprocess.Popen
+
+    def start_daemon(command, **options):
+        # A daemon that SIGTERM ends before it reports ready or an error.
+        return start_process(["sh", "-c", "cat > /dev/null; kill -TERM $$"], **options)
+
+    monkeypatch.setattr(cli.subprocess, "Popen", start_daemon)
+    options = MountOptions(mountpoint=str(tmp_path), log_file=str(tmp_path / "mount.log"))
+    # Not the negative return code of the signal, which the shell would show as 241.
+    assert cli._start_daemon(options) == 1
+    assert "the mount daemon exited" in capsys.readouterr().err
