@@ -148,6 +148,8 @@ class Fetcher:
         self._inflight: dict[tuple[int, int], _Download] = {}
         self._memory: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._memory_bytes = 0
+        # Buffers behind the memory cache's blocks: id -> [buffer, blocks held].
+        self._buffers: dict[int, list] = {}
         self._present: OrderedDict[int, set[int]] = OrderedDict()
         self._verifying: set[int] = set()
         self._nursery: trio.Nursery | None = None
@@ -236,11 +238,36 @@ class Fetcher:
         memory_key = (file.id, index)
         if memory_key not in self._memory:
             self._memory[memory_key] = data
-            self._memory_bytes += len(data)
+            self._memory_bytes += self._hold(data)
         while self._memory_bytes > MEMORY_CACHE_BYTES and self._memory:
             _, dropped = self._memory.popitem(last=False)
-            self._memory_bytes -= len(dropped)
+            self._memory_bytes -= self._release(dropped)
         self._note_present(file, index)
+
+    def _hold(self, data: bytes | memoryview) -> int:
+        """Count a block's buffer into the memory cache; return the bytes it adds.
+
+        A block of a run is a view of the whole run's buffer, which stays
+        alive while any of its blocks does. The cache counts each buffer
+        whole, once, so it stays within its limit whatever the blocks share.
+        """
+        owner = data.obj if isinstance(data, memoryview) else data
+        entry = self._buffers.get(id(owner))
+        if entry is not None:
+            entry[1] += 1
+            return 0
+        self._buffers[id(owner)] = [owner, 1]
+        return len(owner)
+
+    def _release(self, data: bytes | memoryview) -> int:
+        """Count a block out of the memory cache; return the bytes that go with it."""
+        owner = data.obj if isinstance(data, memoryview) else data
+        entry = self._buffers[id(owner)]
+        entry[1] -= 1
+        if entry[1]:
+            return 0
+        del self._buffers[id(owner)]
+        return len(owner)
 
     async def _fetch_all(self, file: records.OriginalFile, indexes: list[int], blocks: dict[int, bytes]) -> None:
         # Blocks under way (read-ahead loading them from the cache) need no download.
@@ -575,7 +602,7 @@ class Fetcher:
     def _memory_drop(self, file_id: int, index: int) -> None:
         data = self._memory.pop((file_id, index), None)
         if data is not None:
-            self._memory_bytes -= len(data)
+            self._memory_bytes -= self._release(data)
 
 
 class _OrderedDigest:

@@ -475,3 +475,26 @@ def test_large_read_of_small_blocks_reads_runs(tmp_path):
 
     run_with_fetcher(tmp_path, server, body)
     assert server.reads == [(1, BLOCK)]
+
+
+def test_memory_cache_counts_shared_run_buffers(tmp_path, monkeypatch):
+    monkeypatch.setattr(fetch, "RUN_BYTES", 4 * BLOCK)
+    monkeypatch.setattr(fetch, "MEMORY_CACHE_BYTES", 8 * BLOCK)
+    data = os.urandom(64 * BLOCK)
+    server = FakeServer({1: data})
+    file = make_file(1, data)
+
+    async def body(fetcher):
+        stream = Stream()
+        for offset in range(0, len(data), BLOCK):
+            assert await fetcher.read(file, offset, BLOCK, stream) == data[offset:offset + BLOCK]
+        await trio.sleep(0.2)
+        # One block of each run read again keeps that run's whole buffer alive.
+        for index in range(0, 64, 4):
+            assert await fetcher.read(file, index * BLOCK, 10) == data[index * BLOCK:index * BLOCK + 10]
+        held = {id(block.obj): len(block.obj) for block in fetcher._memory.values()
+                if isinstance(block, memoryview)}
+        plain = sum(len(block) for block in fetcher._memory.values() if not isinstance(block, memoryview))
+        return sum(held.values()) + plain
+
+    assert run_with_fetcher(tmp_path, server, body) <= 8 * BLOCK
