@@ -221,6 +221,12 @@ def _translate(error: Exception, what: str) -> RemoteError:
                           Ice.DNSException, Ice.SocketException, Ice.CommunicatorDestroyedException,
                           Ice.ConnectionRefusedException, Ice.CloseConnectionException)):
         return ServerUnavailable(f"{what}: cannot reach the server ({type(error).__name__})")
+    if isinstance(error, Ice.ProtocolException):
+        # omero.client speaks SSL to a bare host or HOST:PORT; a router that
+        # takes plain TCP sends back bytes that are not an SSL handshake.
+        return ServerUnavailable(f"{what}: the server did not reply in the expected protocol "
+                                 f"({type(error).__name__}). A HOST or HOST:PORT address uses SSL; for a server "
+                                 "that takes plain TCP, give tcp://HOST:PORT.")
     if isinstance(error, omero.ServerError):
         return ServerFailure(f"{what}: the server raised {type(error).__name__}: {message}")
     if isinstance(error, Ice.Exception):

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from omerofs.errors import ServerUnavailable
+
 
 
 def new_session_key(server, user="alice", password="omero") -> str:
@@ -146,3 +148,11 @@ def test_unusable_group_is_usage_error(omero_server, mounter, group, message):
 def test_member_group_mounts(omero_server, mounter):
     mount = mounter(omero_server, "-g", "alice-private")
     assert os.listdir(mount.path / "Image")
+
+
+def test_plain_address_to_tcp_server_suggests_tcp(omero_server, mounter):
+    # The test server takes plain TCP, and HOST:PORT means SSL.
+    mount = mounter(omero_server, check=False, server_args=["-s", f"127.0.0.1:{omero_server.port}", "-u", "alice"])
+    assert mount.result.returncode == ServerUnavailable.exit_code
+    assert "tcp://HOST:PORT" in mount.result.stderr
+    assert "Traceback" not in mount.result.stderr
