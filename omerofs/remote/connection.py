@@ -89,9 +89,10 @@ RESTRICT_BINARY_ACCESS = "RESTRICT-BINARY-ACCESS"
 class _ResponseCallback(omero.callbacks.CmdCallbackI):
     """A command callback that needs only the command's response.
 
-    omero-py's callback asks for the response once it is registered, in
-    case the command finished before, and then also for the status, which
-    omerofs never reads: that is one server call less per finished command.
+    Once registered, omero-py's callback requests the command's response,
+    in case the command finished before, and then also its status, which
+    omerofs never reads. Skipping the status saves one server call for each
+    command that finished that early.
     """
 
     def poll(self):
