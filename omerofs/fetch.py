@@ -66,21 +66,19 @@ T = TypeVar("T")
 DEFAULT_BLOCK_SIZE = 1024 * 1024
 
 # Blocks are held whole in memory while they download and in the memory
-# cache, and read-ahead runs up to 16 blocks: 16 MiB blocks keep that near
-# 256 MiB, and a larger block (--block-size 1T) would read a whole file
-# into memory at once.
+# cache. The limit keeps a block's memory bounded, where a larger block
+# (--block-size 1T) would read a whole file into memory at once.
 MAX_BLOCK_SIZE = 16 * 1024 * 1024
 
-# Sequential readers get up to this many blocks ahead (16 MiB at the default
-# block size): enough to cover 10 ms of latency at several hundred MB/s with
-# the data limiter's parallel downloads.
+# Sequential readers get up to this many blocks ahead (32 MiB at the default
+# block size): 8 runs of 4 blocks, one for each of the data limiter's
+# parallel downloads.
 MAX_READAHEAD_BLOCKS = 32
 
-# A read and a sequential reader's read-ahead fetch up to this many bytes
-# of consecutive blocks in one server read: at 10 ms per call, 8 parallel
-# reads of 1 MiB cap a stream near 800 MB/s, while reads of 4 MiB leave it
-# to the link and the CPU. It also keeps a RawFileStore on one file for
-# several blocks.
+# Reads and read-ahead fetch up to this many bytes of consecutive blocks in
+# one server read. At 10 ms per call, 8 parallel reads of 1 MiB cap a stream
+# near 800 MB/s, and reads of 4 MiB leave the limit to the link and the CPU.
+# A RawFileStore also stays on one file for several blocks.
 RUN_BYTES = 4 * 1024 * 1024
 
 # A pin reads up to this many bytes per server read: a file of up to 16 MiB
@@ -88,8 +86,8 @@ RUN_BYTES = 4 * 1024 * 1024
 # read. It stays below Ice's message size limit (see remote.connection).
 PIN_RUN_BYTES = 16 * 1024 * 1024
 
-# A pin hashes blocks as they arrive, in file order; blocks that arrive
-# ahead of a slow one wait in memory up to this many bytes. Past it the pin
+# A pin hashes blocks in file order as they arrive, so blocks that arrive
+# ahead of a slow one wait in memory, up to this many bytes. Past it the pin
 # checks the file by reading it back from the cache instead.
 MAX_HASH_BACKLOG = 64 * 1024 * 1024
 
@@ -346,25 +344,31 @@ class Fetcher:
     def _load_blocks(self, file: records.OriginalFile, first: int, count: int) -> list[bytes]:
         """Worker thread: return blocks from the cache, downloading the missing ones in one read."""
         found = [self._cached_in_thread(file, index) for index in range(first, first + count)]
-        missing = [offset for offset, data in enumerate(found) if data is None]
-        if missing:
-            for index, data in self._download_span(file, first + missing[0], first + missing[-1] + 1):
-                if found[index - first] is None:
-                    found[index - first] = data
-                    self._store(file, index, data, pinned=False)
+        self._download_missing(file, first, found, pinned=False)
         return found
 
     def _cached_in_thread(self, file: records.OriginalFile, index: int) -> bytes | None:
         """Worker thread: return a block the cache holds, or None."""
-        key = self._key(file.id, index)
         # Read-ahead requests cached blocks, and another process (a pin on the
-        # same cache) may have stored one meanwhile. The look-up comes first
-        # because a miss in get() costs a write transaction in diskcache.
-        if self.cache.contains(key):
-            cached = self.cache.get(key)
-            if cached is not None and len(cached) == self._block_length(file, index):
-                return cached
+        # same cache) may have stored one meanwhile.
+        cached = self.cache.get(self._key(file.id, index))
+        if cached is not None and len(cached) == self._block_length(file, index):
+            return cached
         return None
+
+    def _download_missing(self, file: records.OriginalFile, first: int, found: list, pinned: bool) -> None:
+        """Worker thread: download the missing blocks of ``found`` in one read, store them and fill them in.
+
+        ``found[i]`` is block ``first + i``, None when missing. Blocks between
+        the missing ones come along in the read, but ``found`` keeps its own.
+        """
+        missing = [offset for offset, data in enumerate(found) if data is None]
+        if not missing:
+            return
+        for index, data in self._download_span(file, first + missing[0], first + missing[-1] + 1):
+            if found[index - first] is None:
+                found[index - first] = data
+                self._store(file, index, data, pinned)
 
     def _download_span(self, file: records.OriginalFile, start: int, stop: int) -> list[tuple[int, bytes]]:
         """Worker thread: read blocks ``start`` to ``stop - 1`` from the server in one read."""
@@ -417,9 +421,9 @@ class Fetcher:
             # The window moves a block at a time; waiting for a whole run
             # makes one server read of several blocks instead of several reads.
             return
-        wanted = [index for index in range(start, stop)
-                  if (file.id, index) not in self._inflight and (file.id, index) not in self._memory]
-        for first, count in consecutive_runs(wanted, self._run_blocks):
+        unloaded = [index for index in range(start, stop)
+                    if (file.id, index) not in self._inflight and (file.id, index) not in self._memory]
+        for first, count in consecutive_runs(unloaded, self._run_blocks):
             # Claimed now, not when the task starts, so a read in between waits for it.
             self._nursery.start_soon(self._read_ahead, file, first, self._claim_run(file, first, count))
         stream.ahead = max(stream.ahead, stop)
@@ -498,29 +502,22 @@ class Fetcher:
         Returns (length, was_local) of each block, and feeds ``ordered``
         every block, so the file is hashed without reading it back.
         """
-        found: list[tuple[int, bool]] = []
-        missing = []
+        found: list[bytes | None] = []
         for index in range(first, first + count):
             key = self._key(file.id, index)
-            data = None
-            if self.cache.pin(key):
-                data = self.cache.get(key) if ordered is not None else b""
-            if data is None:
-                missing.append(index)
-                continue
-            if ordered is not None:
-                ordered.add(index, data)
-            found.append((self._block_length(file, index), True))
-        if missing:
-            wanted = set(missing)
-            for index, data in self._download_span(file, missing[0], missing[-1] + 1):
-                if index not in wanted:
-                    continue
-                self._store(file, index, data, pinned=True)
-                if ordered is not None:
-                    ordered.add(index, data)
-                found.append((len(data), False))
-        return found
+            if not self.cache.pin(key):
+                found.append(None)
+            elif ordered is None:
+                # Moved to the pinned store; with no hash to feed, its bytes are not needed.
+                found.append(b"")
+            else:
+                found.append(self.cache.get(key))
+        local = [data is not None for data in found]
+        self._download_missing(file, first, found, pinned=True)
+        if ordered is not None:
+            for offset, data in enumerate(found):
+                ordered.add(first + offset, data)
+        return [(self._block_length(file, first + offset), was_local) for offset, was_local in enumerate(local)]
 
     def unpin(self, file: records.OriginalFile) -> None:
         """Make a file's blocks evictable again."""

@@ -295,8 +295,8 @@ async def _announce(mountpoint: str, ready: Callable[[str | None], None]) -> Non
     """Report the mount ready once it serves requests, after tuning the kernel's read-ahead.
 
     The kernel sets the mount's read-ahead from the FUSE handshake, which
-    the main loop handles, so the setting can only change after it; the
-    stat() here is a request to this very daemon and returns after it.
+    the main loop handles, so the setting can only change after it. The
+    stat() here is a request to this very daemon, so it returns after it.
     """
     try:
         with trio.move_on_after(READY_CHECK_SECONDS):

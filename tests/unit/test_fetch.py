@@ -126,11 +126,12 @@ def test_sequential_reads_trigger_read_ahead(tmp_path):
     reads_before, reads_after, blocks = run_with_fetcher(tmp_path, server, body)
     assert reads_after == reads_before
     # Consecutive blocks ahead come in one server read, not one read each.
-    assert blocks >= 8 and reads_before < blocks
+    assert blocks >= 8
+    assert reads_before < blocks
 
 
 class OutOfOrderServer(FakeServer):
-    """Answers reads of the file's start last, so later blocks arrive first."""
+    """Returns reads of the file's start last, so later blocks arrive first."""
 
     def __call__(self, file_id, offset, length):
         time.sleep(0.1 if offset == 0 else 0.0)
@@ -156,11 +157,11 @@ def test_pin_checks_blocks_arriving_out_of_order(tmp_path, monkeypatch, good_has
     run_with_fetcher(tmp_path, server, body)
     # Five reads of two blocks, not ten of one.
     assert len(server.reads) == 5
-    kept = [cache.get(BlockKey("srv", 1, BLOCK, index)) for index in range(10)]
+    stored = [cache.get(BlockKey("srv", 1, BLOCK, index)) for index in range(10)]
     if good_hash:
-        assert b"".join(kept) == data
+        assert b"".join(stored) == data
     else:
-        assert kept == [None] * 10
+        assert stored == [None] * 10
 
 
 def test_random_reads_do_not_read_ahead(tmp_path):
@@ -492,9 +493,9 @@ def test_memory_cache_counts_shared_run_buffers(tmp_path, monkeypatch):
         # One block of each run read again keeps that run's whole buffer alive.
         for index in range(0, 64, 4):
             assert await fetcher.read(file, index * BLOCK, 10) == data[index * BLOCK:index * BLOCK + 10]
-        held = {id(block.obj): len(block.obj) for block in fetcher._memory.values()
-                if isinstance(block, memoryview)}
+        buffers = {id(block.obj): len(block.obj) for block in fetcher._memory.values()
+                   if isinstance(block, memoryview)}
         plain = sum(len(block) for block in fetcher._memory.values() if not isinstance(block, memoryview))
-        return sum(held.values()) + plain
+        return sum(buffers.values()) + plain
 
     assert run_with_fetcher(tmp_path, server, body) <= 8 * BLOCK
